@@ -1,0 +1,7 @@
+"""gptcore: GPT-2 in plain PyTorch that you can read, train, resume and sample from."""
+
+from .errors import GPTCoreError
+from .model import GPT, GPTConfig
+from .tokenizer import CharTokenizer, get_tokenizer, tokenizer_from_description
+
+__all__ = ["GPT", "GPTConfig", "GPTCoreError", "CharTokenizer", "get_tokenizer", "tokenizer_from_description"]

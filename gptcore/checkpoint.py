@@ -1,0 +1,89 @@
+"""Checkpoints: one .pt file per save, written atomically, read with weights_only=True (no pickle code runs).
+
+A checkpoint is a dict:
+    model         state dict of gptcore.GPT (never with torch.compile's '_orig_mod.' prefix)
+    model_config  GPTConfig fields
+    tokenizer     the tokenizer's describe() dict
+    step          optimizer steps done
+and, in training checkpoints, optimizer, loader (the data loader's state), rng (torch, cuda, numpy, python)
+and train_config. Sampling needs only the first four; the committed checkpoint/ file has only those.
+"""
+
+import glob
+import os
+import re
+from dataclasses import asdict
+
+import torch
+
+from .errors import GPTCoreError
+from .fileio import atomic_path
+from .model import GPT, GPTConfig
+from .tokenizer import tokenizer_from_description
+
+CKPT_PATTERN = "ckpt_*.pt"
+
+
+def checkpoint_path(out_dir: str, step: int) -> str:
+    return os.path.join(out_dir, f"ckpt_{step:07d}.pt")
+
+
+def clean_state_dict(state: dict) -> dict:
+    """A model's state dict without the '_orig_mod.' prefix torch.compile adds."""
+    return {k.replace("_orig_mod.", ""): v for k, v in state.items()}
+
+
+def save_checkpoint(path: str, ckpt: dict):
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+
+
+def list_checkpoints(out_dir: str) -> list[str]:
+    """The checkpoints in out_dir, oldest first (by step, from the file name)."""
+    paths = glob.glob(os.path.join(out_dir, CKPT_PATTERN))
+    return sorted(p for p in paths if re.fullmatch(r"ckpt_\d+\.pt", os.path.basename(p)))
+
+
+def latest_checkpoint(path: str) -> str | None:
+    """A .pt file as it is; for a folder, its newest checkpoint, or None if it has none."""
+    if os.path.isfile(path):
+        return path
+    found = list_checkpoints(path) if os.path.isdir(path) else []
+    return found[-1] if found else None
+
+
+def prune_checkpoints(out_dir: str, keep: int):
+    """Deletes all but the newest `keep` checkpoints."""
+    for path in list_checkpoints(out_dir)[:-keep]:
+        os.remove(path)
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """Reads a checkpoint file, or the newest one in a folder. Errors are one line saying what to do."""
+    file = latest_checkpoint(path)
+    if file is None:
+        raise GPTCoreError(f"no checkpoint at {path}: give a .pt file or a folder with {CKPT_PATTERN} files")
+    try:
+        ckpt = torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise GPTCoreError(f"checkpoint {file} is corrupt or truncated ({type(e).__name__}); "
+                           "delete it to fall back to the previous one") from None
+    missing = [k for k in ("model", "model_config", "tokenizer", "step") if k not in ckpt]
+    if missing:
+        raise GPTCoreError(f"checkpoint {file} lacks {', '.join(missing)}; it was not written by gptcore")
+    return ckpt
+
+
+def model_checkpoint(model: GPT, tokenizer, step: int) -> dict:
+    """The part of a checkpoint that sampling needs."""
+    raw = getattr(model, "_orig_mod", model)
+    return {"model": clean_state_dict(raw.state_dict()), "model_config": asdict(raw.config),
+            "tokenizer": tokenizer.describe(), "step": step}
+
+
+def model_from_checkpoint(ckpt: dict) -> tuple[GPT, object]:
+    """(model, tokenizer) rebuilt from a loaded checkpoint, in eval mode on the CPU."""
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, tokenizer_from_description(ckpt["tokenizer"])

@@ -1,0 +1,69 @@
+"""Which device to run on, which precision helps there, and that device's peak FLOP/s for MFU."""
+
+import functools
+import time
+
+import torch
+from torch.nn import functional as F
+
+# bf16 dense peak FLOP/s (no sparsity), by a substring of torch.cuda.get_device_name()
+GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12, "4090": 165e12, "3090": 71e12}
+
+
+def default_device() -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+@functools.cache
+def cpu_bf16_is_faster() -> bool:
+    """Whether bf16 matmuls beat fp32 on this CPU, measured once (about 0.3 s).
+
+    Flags don't tell: with AMX, bf16 runs ~2.6x faster than fp32; with AVX512-BF16 alone it can run slower.
+    """
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return False
+    x, w = torch.randn(512, 768), torch.randn(3072, 768)
+    return _seconds_per_call(F.linear, x.bfloat16(), w.bfloat16()) < 0.9 * _seconds_per_call(F.linear, x, w)
+
+
+def _seconds_per_call(fn, *args, seconds=0.1) -> float:
+    fn(*args)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn(*args)
+        count += 1
+    return (time.perf_counter() - start) / count
+
+
+def bf16_helps(device: str) -> bool:
+    """bf16 autocast is the default where it speeds things up: CUDA with bf16 support, and CPUs where it is faster."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return kind == "cpu" and cpu_bf16_is_faster()
+
+
+def peak_flops(device: str) -> float | None:
+    """The device's bf16 peak in FLOP/s when known, for MFU; None for CPUs and unknown GPUs."""
+    if torch.device(device).type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(torch.device(device))
+    return next((flops for key, flops in GPU_PEAK_BF16.items() if key in name), None)
+
+
+def measure_matmul_peak(device: str, dtype=torch.float32, n: int = 2048, seconds: float = 0.5) -> float:
+    """FLOP/s of a large square matmul here and now: the practical ceiling MFU is measured against on CPUs."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b  # warm-up: thread pools, kernels selection
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * count / (time.perf_counter() - start)

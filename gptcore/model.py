@@ -1,0 +1,249 @@
+"""GPT-2, as published: a stack of pre-LayerNorm Transformer blocks over learned token and position embeddings.
+
+Names follow OpenAI's checkpoint keys (wte, wpe, h.N.attn.c_attn, ln_f), so the weights map one to one.
+References: GPT-1 (Radford et al. 2018), GPT-2 (Radford et al. 2019).
+"""
+
+import inspect
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from .errors import GPTCoreError
+
+# (n_layer, n_head, n_embd): OpenAI's four GPT-2 sizes, then minGPT's small ones.
+PRESETS = {
+    "gpt2": (12, 12, 768),  # 124M
+    "gpt2-medium": (24, 16, 1024),  # 350M
+    "gpt2-large": (36, 20, 1280),  # 774M
+    "gpt2-xl": (48, 25, 1600),  # 1558M
+    "gpt-mini": (6, 6, 192),
+    "gpt-micro": (4, 4, 128),
+    "gpt-nano": (3, 3, 48),
+}
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # context length
+    vocab_size: int = 50257  # GPT-2's BPE: 50,000 merges + 256 bytes + <|endoftext|>
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear and LayerNorm, as GPT-2 has them
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise GPTCoreError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """The embedding table is padded to a multiple of 64 (50257 -> 50304): matmuls run faster."""
+        return (self.vocab_size + 63) // 64 * 64
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "GPTConfig":
+        if name not in PRESETS:
+            raise GPTCoreError(f"unknown model preset '{name}'; known presets: {', '.join(PRESETS)}")
+        n_layer, n_head, n_embd = PRESETS[name]
+        return cls(**{"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, **overrides})
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+class KVCache(nn.Module):
+    """Preallocated keys and values of one attention layer, (B, n_head, max_len, head_dim) each."""
+
+    def __init__(self, batch_size, n_head, max_len, head_dim, dtype, device):
+        super().__init__()
+        shape = (batch_size, n_head, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, start: int, k, v):
+        """Writes k, v (B, nh, T, hs) at positions start..start+T-1; returns everything up to there."""
+        end = start + k.size(2)
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v for all heads
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj.RESIDUAL_PROJECTION = True
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.kv_cache = None  # set by GPT.setup_kv_cache for generation
+
+    def forward(self, x, start_pos=None):
+        """(B, T, C) -> (B, T, C). With start_pos, x sits at positions start_pos.. and uses the KV cache."""
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if start_pos is None:
+            # flash attention on GPU; the causal mask is never materialized
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        else:
+            k, v = self.kv_cache.update(start_pos, k, v)
+            # query i (at start_pos + i) sees keys 0..start_pos + i; a single new token sees them all
+            mask = None if T == 1 else torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(start_pos)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # the approximation OpenAI's weights were trained with
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj.RESIDUAL_PROJECTION = True
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm: the residual stream is never normalized, only each sub-block's input."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, start_pos=None):
+        x = x + self.attn(self.ln_1(x), start_pos)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # weight tying, as in GPT-2
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, "RESIDUAL_PROJECTION", False):
+                std *= (2 * self.config.n_layer) ** -0.5  # two residual additions per block
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx, targets=None, start_pos=None):
+        """idx (B, T) long -> logits (B, T, vocab_size), and the mean cross-entropy over targets != -1.
+
+        start_pos: generation only; idx continues a sequence whose first start_pos tokens are in the KV cache.
+        """
+        B, T = idx.size()
+        offset = start_pos or 0
+        if offset + T > self.config.block_size:
+            raise GPTCoreError(f"sequence of length {offset + T} is longer than block_size={self.config.block_size}; "
+                               f"crop the input to the last {self.config.block_size} tokens")
+        if not torch.compiler.is_compiling() and idx.numel() and not 0 <= int(idx.min()) <= int(idx.max()) < self.config.vocab_size:
+            raise GPTCoreError(f"token ids must lie in [0, {self.config.vocab_size}), got {int(idx.min())}..{int(idx.max())}")
+        pos = torch.arange(offset, offset + T, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x, start_pos)
+        x = self.transformer.ln_f(x)
+        logits = self.lm_head(x)[..., :self.config.vocab_size]  # padded ids are never predicted
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    # ---- generation support ----
+
+    def setup_kv_cache(self, batch_size: int, dtype=None, device=None):
+        """Preallocates one KV cache per layer for up to block_size positions."""
+        p = self.transformer.wte.weight
+        for block in self.transformer.h:
+            block.attn.kv_cache = KVCache(batch_size, self.config.n_head, self.config.block_size,
+                                          self.config.n_embd // self.config.n_head,
+                                          dtype or p.dtype, device or p.device)
+
+    def clear_kv_cache(self):
+        for block in self.transformer.h:
+            block.attn.kv_cache = None
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k=None, top_p=None, **kwargs):
+        """(B, T) prompt ids -> (B, T + max_new_tokens) ids, through the KV cache; see gptcore/generate.py."""
+        from .generate import generate
+        return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, **kwargs)
+
+    # ---- accounting ----
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; by default without the position embeddings (wte counts: it is also the output head)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs (forward + backward) per token: 6 per weight, plus attention (PaLM, appendix B)."""
+        c = self.config
+        T = seq_len or c.block_size
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * T
+
+    # ---- training support ----
+
+    def configure_optimizer(self, weight_decay: float, learning_rate: float, betas=(0.9, 0.95), device_type: str = "cpu"):
+        """AdamW where only 2-D weights (matmuls, embeddings) decay; biases and LayerNorm gains don't."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device_type in ("cuda", "cpu")
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=1e-8, fused=fused)
+
+    # ---- Hugging Face interop (see gptcore/hf.py) ----
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str, **overrides) -> "GPT":
+        """OpenAI's GPT-2 from a Hugging Face folder, or by name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) online."""
+        from .hf import load_hf_weights
+        config, state = load_hf_weights(name_or_dir)
+        for key, value in overrides.items():
+            if key != "dropout":
+                raise GPTCoreError(f"only dropout can be overridden for pretrained weights, not '{key}'")
+            setattr(config, key, value)
+        model = cls(config)
+        model.load_state_dict(state)
+        return model
+
+    def save_pretrained(self, directory: str):
+        """Writes config.json + model.safetensors that transformers.GPT2LMHeadModel loads."""
+        from .hf import save_hf_weights
+        save_hf_weights(self, directory)
