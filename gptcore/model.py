@@ -178,7 +178,7 @@ class GPT(nn.Module):
         logits = self.lm_head(x)[..., :self.config.vocab_size]  # padded ids are never predicted
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     # ---- generation support ----
