@@ -1,0 +1,80 @@
+"""Speed of the pure-Python BPE (gptcore/bpe.py) next to tiktoken, and of BPE training.
+
+Prints a table and appends it to bench/RESULTS.md. Run from the repo root: python bench/bench_bpe.py
+"""
+
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gptcore.bpe import BPETokenizer  # noqa: E402
+from gptcore.tokenizer import GPT2Tokenizer  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def cpu_model() -> str:
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def git_commit() -> str:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
+    return commit.strip() + (" + uncommitted" if dirty.strip() else "")
+
+
+def main():
+    with open(os.path.join(DATA, "wikitext2_test.txt"), encoding="utf-8") as f:
+        wiki = f.read()
+    with open(os.path.join(DATA, "tinyshakespeare.txt"), encoding="utf-8") as f:
+        shakespeare = f.read()
+    mb = len(wiki.encode("utf-8")) / 1e6
+
+    rows = []
+    ours, seconds = timed(BPETokenizer.from_gpt2_files)
+    rows.append(("load GPT-2 from encoder.json + vocab.bpe (ours)", f"{seconds:.2f} s"))
+    tik = GPT2Tokenizer()
+    ids, seconds = timed(lambda: ours.encode(wiki))
+    rows.append((f"encode wikitext2_test, {mb:.2f} MB, empty cache (ours)", f"{mb / seconds:.2f} MB/s"))
+    _, seconds = timed(lambda: ours.encode(wiki))
+    rows.append(("same text again, warm chunk cache (ours)", f"{mb / seconds:.2f} MB/s"))
+    reference, seconds = timed(lambda: tik.encode(wiki))
+    rows.append(("same text, tiktoken (one thread)", f"{mb / seconds:.2f} MB/s"))
+    if ids != reference:
+        raise SystemExit("error: our ids differ from tiktoken's on wikitext2_test; the benchmark is meaningless")
+    _, seconds = timed(lambda: ours.decode(ids))
+    rows.append((f"decode those {len(ids):,} ids (ours)", f"{mb / seconds:.2f} MB/s"))
+    for n_chars, num_merges in [(100_000, 500), (len(shakespeare), 2000)]:
+        _, seconds = timed(lambda: BPETokenizer.train(shakespeare[:n_chars], num_merges, progress=False))
+        rows.append((f"train {num_merges} merges on {n_chars / 1e3:,.0f} KB of tinyshakespeare", f"{seconds:.2f} s"))
+
+    width = max(len(name) for name, _ in rows)
+    value_width = max(len(value) for _, value in rows)
+    table = [f"| {'what':<{width}} | {'result':>{value_width}} |", f"|{'-' * (width + 2)}|{'-' * (value_width + 1)}:|"]
+    table += [f"| {name:<{width}} | {value:>{value_width}} |" for name, value in rows]
+    print("\n".join(table))
+    header = (f"\n## bench_bpe.py: pure-Python BPE vs tiktoken\n\n"
+              f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, {cpu_model()}, {os.cpu_count()} cores, "
+              f"Python {platform.python_version()}, commit {git_commit()}\n\n")
+    with open(os.path.join(ROOT, "bench", "RESULTS.md"), "a", encoding="utf-8") as f:
+        f.write(header + "\n".join(table) + "\n")
+
+
+if __name__ == "__main__":
+    main()
