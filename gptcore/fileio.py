@@ -14,6 +14,9 @@ def atomic_path(path: str):
     os.close(fd)
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; the result should look like any other file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
