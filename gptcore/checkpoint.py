@@ -81,6 +81,15 @@ def model_checkpoint(model: GPT, tokenizer, step: int) -> dict:
             "tokenizer": tokenizer.describe(), "step": step}
 
 
+def export_model(model: GPT, tokenizer, step: int, path: str, dtype=torch.bfloat16):
+    """Writes a weights-only checkpoint for sampling and sharing: no optimizer or data state, floats in `dtype`."""
+    ckpt = model_checkpoint(model, tokenizer, step)
+    cast = {}  # by storage, so the tied wte / lm_head weight stays one tensor in the file
+    ckpt["model"] = {k: cast.setdefault(v.data_ptr(), v.to(dtype) if v.is_floating_point() else v)
+                     for k, v in ckpt["model"].items()}
+    save_checkpoint(path, ckpt)
+
+
 def model_from_checkpoint(ckpt: dict) -> tuple[GPT, object]:
     """(model, tokenizer) rebuilt from a loaded checkpoint, in eval mode on the CPU."""
     model = GPT(GPTConfig(**ckpt["model_config"]))

@@ -22,7 +22,7 @@ from gptcore.trainer import Distributed, Trainer, TrainConfig, build_trainer, le
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "4",
-        "--eval-steps", "2", "--sample-tokens", "0", "--warmup-steps", "5", "--learning-rate", "3e-3", "--dtype", "float32"]
+        "--eval-steps", "2", "--sample-tokens", "8", "--warmup-steps", "5", "--learning-rate", "3e-3", "--dtype", "float32"]
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +198,21 @@ def test_batch_that_does_not_divide_across_ranks():
     model = GPT(config.model_config(vocab_size=10))
     with pytest.raises(GPTCoreError, match=r"total_batch_tokens=96 is not a multiple of .*2\*16\*2=64"):
         Trainer(config, model, None, None, dist_info=Distributed(rank=0, world_size=2), device="cpu")
+
+
+def test_export_writes_a_small_weights_only_checkpoint(data_dir, tmp_path):
+    from gptcore.checkpoint import load_checkpoint, model_from_checkpoint
+    r = run(train_cmd(data_dir, tmp_path / "out", "--max-steps", "3", "--eval-interval", "100",
+                      "--export", str(tmp_path / "model.pt")))
+    assert r.returncode == 0, r.stderr
+    full = load_checkpoint(str(tmp_path / "out"))
+    small = load_checkpoint(str(tmp_path / "model.pt"))
+    assert "optimizer" not in small and small["step"] == full["step"] == 3
+    assert small["model"]["transformer.wte.weight"].dtype == torch.bfloat16
+    assert (tmp_path / "model.pt").stat().st_size < 0.3 * Path(list_checkpoints(str(tmp_path / "out"))[-1]).stat().st_size
+    model, tok = model_from_checkpoint(small)
+    reference, _ = model_from_checkpoint(full)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    x = torch.tensor([tok.encode("ROMEO: ")])
+    with torch.no_grad():
+        assert (model(x)[0] - reference(x)[0]).abs().max() < 0.05  # bf16 weights

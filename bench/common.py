@@ -1,0 +1,49 @@
+"""What every benchmark records beside its numbers: the machine, the commit, and where results go."""
+
+import datetime
+import os
+import platform
+import subprocess
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "bench", "RESULTS.md")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str:
+    """The short commit hash, with '+ uncommitted' when tracked files differ from it."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + (" + uncommitted" if dirty.strip() else "")
+
+
+def machine(device: str = "cpu") -> str:
+    if torch.device(device).type == "cuda":
+        return f"{torch.cuda.get_device_name(torch.device(device))}, host {cpu_model()}"
+    return f"{cpu_model()}, {os.cpu_count()} cores"
+
+
+def append_results(title: str, details: list[str], table: str, device: str = "cpu"):
+    """Appends one dated section to bench/RESULTS.md: title, machine and commit, the run's details, the table."""
+    header = [f"## {title} ({datetime.date.today()})", "",
+              f"- machine: {machine(device)}; torch {torch.__version__}; commit {git_commit()}",
+              *(f"- {d}" for d in details), "", table, ""]
+    with open(RESULTS, "a", encoding="utf-8") as f:
+        f.write("\n" + "\n".join(header))
