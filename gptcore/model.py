@@ -145,6 +145,10 @@ class GPT(nn.Module):
         ))
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying, as in GPT-2
+        # -inf logits for the padding ids: softmax and loss ignore them exactly, at no cost inside the matmul
+        pad = config.padded_vocab_size - config.vocab_size
+        self.register_buffer("vocab_mask", torch.cat([torch.zeros(config.vocab_size), torch.full((pad,), -math.inf)]),
+                             persistent=False)
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
@@ -161,7 +165,8 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, start_pos=None):
         """idx (B, T) long -> logits (B, T, vocab_size), and the mean cross-entropy over targets != -1.
 
-        start_pos: generation only; idx continues a sequence whose first start_pos tokens are in the KV cache.
+        start_pos: generation only; idx continues a sequence whose first start_pos tokens are in the KV cache,
+        and the logits are those of the last position only, (B, 1, vocab_size).
         """
         B, T = idx.size()
         offset = start_pos or 0
@@ -175,11 +180,13 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             x = block(x, start_pos)
         x = self.transformer.ln_f(x)
-        logits = self.lm_head(x)[..., :self.config.vocab_size]  # padded ids are never predicted
+        if start_pos is not None:
+            x = x[:, -1:]  # generation samples from the last position only: skip the vocab matmul for the rest
+        logits = F.linear(x, self.lm_head.weight, self.vocab_mask.to(x.dtype))  # (B, T, padded_vocab_size)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits[..., :self.config.vocab_size], loss  # padded ids are never predicted
 
     # ---- generation support ----
 
