@@ -3,19 +3,17 @@
 Prints a table and appends it to bench/RESULTS.md. Run from the repo root: python bench/bench_bpe.py
 """
 
-import datetime
 import os
 import platform
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.common import ROOT, append_results  # noqa: E402
 from gptcore.bpe import BPETokenizer  # noqa: E402
 from gptcore.tokenizer import GPT2Tokenizer  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
 
 
@@ -23,20 +21,6 @@ def timed(fn):
     start = time.perf_counter()
     result = fn()
     return result, time.perf_counter() - start
-
-
-def cpu_model() -> str:
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
-def git_commit() -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
-    return commit.strip() + (" + uncommitted" if dirty.strip() else "")
 
 
 def main():
@@ -69,11 +53,7 @@ def main():
     table = [f"| {'what':<{width}} | {'result':>{value_width}} |", f"|{'-' * (width + 2)}|{'-' * (value_width + 1)}:|"]
     table += [f"| {name:<{width}} | {value:>{value_width}} |" for name, value in rows]
     print("\n".join(table))
-    header = (f"\n## bench_bpe.py: pure-Python BPE vs tiktoken\n\n"
-              f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, {cpu_model()}, {os.cpu_count()} cores, "
-              f"Python {platform.python_version()}, commit {git_commit()}\n\n")
-    with open(os.path.join(ROOT, "bench", "RESULTS.md"), "a", encoding="utf-8") as f:
-        f.write(header + "\n".join(table) + "\n")
+    append_results("bpe: pure-Python BPE vs tiktoken", [f"Python {platform.python_version()}"], "\n".join(table))
 
 
 if __name__ == "__main__":

@@ -14,50 +14,25 @@ Prints the table and appends it to bench/RESULTS.md.
 """
 
 import argparse
-import datetime
 import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.common import append_results  # noqa: E402
 from gptcore import corpora  # noqa: E402
 from gptcore.tokenizer import get_tokenizer  # noqa: E402
-
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cpu_seconds() -> float:
     """CPU time of this process and of its finished children (the pool's workers once the pool is closed)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def git_commit() -> str:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + (" + uncommitted" if dirty.strip() else "")
 
 
 def main():
@@ -107,20 +82,13 @@ def main():
         rows.append(f"| {name} | {med:.3f} | {min(ts):.3f} | {tokens / med / 1e6:.2f} | {base / med:.2f}x "
                     f"| {statistics.median(cpu[name]):.2f} |")
     mb = sum(len(d.encode()) for d in docs) / 1e6
-    section = "\n".join([
-        f"## prepare: tokenization throughput on pystdlib ({datetime.date.today().isoformat()})",
-        "",
-        f"- machine: {cpu_model()}, {cores} cores; Python {platform.python_version()}; commit {git_commit()}",
-        f"- corpus: {len(docs)} documents, {mb:.1f} MB, {tokens:,} GPT-2 tokens (end-of-text not counted)",
-        f"- {args.rounds} interleaved rounds; load average (1 min) {load_before[0]:.2f} before, "
-        f"{load_after[0]:.2f} after (other processes share these cores)",
-        "",
-        *rows,
-        "",
-    ])
-    print(section)
-    with open(RESULTS, "a") as f:
-        f.write("\n" + section)
+    table = "\n".join(rows)
+    print(table)
+    append_results("prepare: tokenization throughput on pystdlib", [
+        f"Python {platform.python_version()}",
+        f"corpus: {len(docs)} documents, {mb:.1f} MB, {tokens:,} GPT-2 tokens (end-of-text not counted)",
+        f"{args.rounds} interleaved rounds; load average (1 min) {load_before[0]:.2f} before, "
+        f"{load_after[0]:.2f} after (other processes share these cores)"], table)
 
 
 if __name__ == "__main__":

@@ -96,9 +96,8 @@ def _gpt2_size(n_layer, n_head, n_embd, lr, total_batch_tokens=524_288):
 TRAIN_PRESETS = {
     # the default dataset on a CPU in under 10 minutes: a small model that learns to write Python-looking code
     "quickstart": dict(data="data/pystdlib", out_dir="out/quickstart", n_layer=4, n_head=4, n_embd=128, block_size=128,
-                       batch_size=16, total_batch_tokens=None, max_steps=2000,
-                       learning_rate=2e-3, min_lr=2e-4, warmup_steps=100, eval_interval=250, eval_steps=20,
-                       save_interval=500),
+                       batch_size=16, total_batch_tokens=None, max_steps=500, learning_rate=2e-3, min_lr=2e-4,
+                       warmup_steps=50, eval_interval=100, eval_steps=10, save_interval=100),
     # nanoGPT's baby GPT on characters of Shakespeare
     "shakespeare-char": dict(data="data/shakespeare-char", out_dir="out/shakespeare-char", n_layer=6, n_head=6,
                              n_embd=384, block_size=256, dropout=0.2, batch_size=64, total_batch_tokens=None,
@@ -285,8 +284,8 @@ class Trainer:
     def resume(self, ckpt: dict):
         """Restores model, optimizer, step, data position and RNGs from a training checkpoint."""
         if "optimizer" not in ckpt:
-            raise GPTCoreError("this checkpoint holds only model weights (no optimizer or data state); it can be "
-                               "sampled from, or used with --init-from DIR after save_pretrained, but not resumed")
+            raise GPTCoreError("this checkpoint holds only model weights (no optimizer or data state): "
+                               "sample from it, but resume only from a training checkpoint")
         self.raw_model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.train_loader.load_state_dict(ckpt["loader"])
@@ -317,12 +316,10 @@ class Trainer:
     @torch.no_grad()
     def sample(self, max_new_tokens: int) -> str:
         """A short continuation of <|endoftext|>, from a private generator so training's RNG stream is untouched."""
-        self.raw_model.eval()
         gen = torch.Generator(device=self.device).manual_seed(self.config.seed)
         start = torch.tensor([[self.tokenizer.eot_token]], device=self.device)
         with self._autocast():
-            out = self.raw_model.generate(start, max_new_tokens, top_k=50, generator=gen, stop_token=None)
-        self.raw_model.train()
+            out = self.raw_model.generate(start, max_new_tokens, top_k=50, generator=gen)
         return self.tokenizer.decode(out[0, 1:].tolist())
 
     def _autocast(self):

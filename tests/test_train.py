@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from gptcore import GPT, GPTConfig, GPTCoreError
+from gptcore import GPT, GPTCoreError
 from gptcore.checkpoint import list_checkpoints
 from gptcore.data import write_meta, write_shard
 from gptcore.tokenizer import CharTokenizer
