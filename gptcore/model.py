@@ -180,9 +180,10 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             x = block(x, start_pos)
         x = self.transformer.ln_f(x)
-        if start_pos is not None:
-            x = x[:, -1:]  # generation samples from the last position only: skip the vocab matmul for the rest
-        logits = F.linear(x, self.lm_head.weight, self.vocab_mask.to(x.dtype))  # (B, T, padded_vocab_size)
+        if start_pos is None:
+            logits = F.linear(x, self.lm_head.weight, self.vocab_mask.to(x.dtype))  # (B, T, padded_vocab_size)
+        else:  # generation samples from the last position only; lm_head may be a PackedLinear (see generate.py)
+            logits = self.lm_head(x[:, -1:])
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
