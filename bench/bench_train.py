@@ -10,6 +10,7 @@ in the dtype each side computes in.
 """
 
 import argparse
+import gc
 import os
 import statistics
 import sys
@@ -95,7 +96,8 @@ def main():
         for side, side_dtype in (("gptcore", dtype), ("hf", "float32")):
             tok_s = B * T / statistics.median(times[side])
             rows.append((name, f"{side} ({side_dtype})", tok_s, flops_per_token * tok_s / peaks[side_dtype]))
-        del ours, theirs
+        del ours, theirs, our_step, their_step, x, y  # the closures hold models and optimizers: free them all
+        gc.collect()
         print(f"{name}: gptcore {rows[-2][2]:,.0f} tok/s, HF {rows[-1][2]:,.0f} tok/s, "
               f"speedup {rows[-2][2] / rows[-1][2]:.2f}x", flush=True)
 
