@@ -1,6 +1,6 @@
 """The quickstart, timed: `python train.py --preset quickstart` from scratch, against the unigram baseline.
 
-    python data/prepare.py && python bench/bench_quickstart.py
+    python data/prepare.py && python bench/bench_quickstart.py [--export checkpoint/quickstart.pt]
 
 The unigram baseline is the val loss of the best model that ignores context: the train split's token
 frequencies (add-one smoothed), scored on the val split. A model that learned anything is far below it.
@@ -37,13 +37,15 @@ def unigram_val_loss(data_dir: str) -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-save", action="store_true", help="print only; don't append to bench/RESULTS.md")
+    parser.add_argument("--export", metavar="PATH", help="passed on to train.py: keep the trained model there")
     args = parser.parse_args()
     data_dir = os.path.join(ROOT, TRAIN_PRESETS["quickstart"]["data"])
     baseline = unigram_val_loss(data_dir)
     with tempfile.TemporaryDirectory() as out_dir:
         start = time.perf_counter()
-        subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--preset", "quickstart", "--out-dir", out_dir],
-                       cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        export = ["--export", os.path.abspath(args.export)] if args.export else []
+        subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--preset", "quickstart", "--out-dir", out_dir,
+                        *export], cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wall = time.perf_counter() - start
         with open(os.path.join(out_dir, "metrics.jsonl")) as f:
             records = [json.loads(line) for line in f]

@@ -3,5 +3,7 @@
 from .errors import GPTCoreError
 from .model import GPT, GPTConfig
 from .tokenizer import CharTokenizer, get_tokenizer, tokenizer_from_description
+from .trainer import Trainer, TrainConfig
 
-__all__ = ["GPT", "GPTConfig", "GPTCoreError", "CharTokenizer", "get_tokenizer", "tokenizer_from_description"]
+__all__ = ["GPT", "GPTConfig", "GPTCoreError", "CharTokenizer", "get_tokenizer", "tokenizer_from_description",
+           "Trainer", "TrainConfig"]

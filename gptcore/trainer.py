@@ -96,8 +96,8 @@ def _gpt2_size(n_layer, n_head, n_embd, lr, total_batch_tokens=524_288):
 TRAIN_PRESETS = {
     # the default dataset on a CPU in under 10 minutes: a small model that learns to write Python-looking code
     "quickstart": dict(data="data/pystdlib", out_dir="out/quickstart", n_layer=4, n_head=4, n_embd=128, block_size=128,
-                       batch_size=16, total_batch_tokens=None, max_steps=500, learning_rate=2e-3, min_lr=2e-4,
-                       warmup_steps=50, eval_interval=100, eval_steps=10, save_interval=100),
+                       batch_size=16, total_batch_tokens=None, max_steps=450, learning_rate=2e-3, min_lr=2e-4,
+                       warmup_steps=30, eval_interval=50, eval_steps=10, save_interval=100),
     # nanoGPT's baby GPT on characters of Shakespeare
     "shakespeare-char": dict(data="data/shakespeare-char", out_dir="out/shakespeare-char", n_layer=6, n_head=6,
                              n_embd=384, block_size=256, dropout=0.2, batch_size=64, total_batch_tokens=None,
