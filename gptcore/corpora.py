@@ -298,18 +298,26 @@ def streamed_options(tokenizer: str, shard_tokens: int) -> dict:
     return {"tokenizer": tokenizer, "shard_tokens": shard_tokens, "val_split": "first shard"}
 
 
-def prepared_meta(out_dir: str, input_hash: str, options: dict) -> dict | None:
-    """The meta.json in out_dir if it holds this exact dataset (same inputs and options) with intact shards."""
+def _matching_record(path: str, input_hash: str, options: dict, shard_names) -> dict | None:
+    """The JSON record at path (meta.json or progress.json) if it was written for these inputs and options and the
+    shards it lists (shard_names(record)) are intact; else None."""
     try:
-        with open(os.path.join(out_dir, META_FILE)) as f:
-            meta = json.load(f)
-        if (meta["format_version"], meta["input_hash"], meta["options"]) != (FORMAT_VERSION, input_hash, options):
+        with open(path) as f:
+            record = json.load(f)
+        if (record["input_hash"], record["options"]) != (input_hash, options):
             return None
-        for name in meta["train_shards"] + meta["val_shards"]:
-            shard_token_count(os.path.join(out_dir, name))
+        for name in shard_names(record):
+            shard_token_count(os.path.join(os.path.dirname(path), name))
     except (OSError, GPTCoreError, json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
         return None
-    return meta
+    return record
+
+
+def prepared_meta(out_dir: str, input_hash: str, options: dict) -> dict | None:
+    """The meta.json in out_dir if it holds this exact dataset (same inputs and options) with intact shards."""
+    meta = _matching_record(os.path.join(out_dir, META_FILE), input_hash, options,
+                            lambda m: m["train_shards"] + m["val_shards"])
+    return meta if meta and meta.get("format_version") == FORMAT_VERSION else None
 
 
 def _clear(out_dir: str, keep_progress: bool = False):
@@ -370,16 +378,7 @@ def _write_progress(out_dir: str, progress: dict):
 
 def _read_progress(out_dir: str, input_hash: str, options: dict) -> dict | None:
     """The saved progress of an interrupted run with the same inputs and options, if its shards are still there."""
-    try:
-        with open(os.path.join(out_dir, PROGRESS_FILE)) as f:
-            progress = json.load(f)
-        if (progress["input_hash"], progress["options"]) != (input_hash, options):
-            return None
-        for name in progress["shards"]:
-            shard_token_count(os.path.join(out_dir, name))
-    except (OSError, GPTCoreError, json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-        return None
-    return progress
+    return _matching_record(os.path.join(out_dir, PROGRESS_FILE), input_hash, options, lambda p: p["shards"])
 
 
 def streamed_shard_name(index: int) -> str:
