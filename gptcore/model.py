@@ -6,7 +6,7 @@ References: GPT-1 (Radford et al. 2018), GPT-2 (Radford et al. 2019).
 
 import inspect
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -51,10 +51,6 @@ class GPTConfig:
             raise GPTCoreError(f"unknown model preset '{name}'; known presets: {', '.join(PRESETS)}")
         n_layer, n_head, n_embd = PRESETS[name]
         return cls(**{"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, **overrides})
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
 
 
 class KVCache(nn.Module):

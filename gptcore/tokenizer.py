@@ -48,9 +48,6 @@ class GPT2Tokenizer:
             return self.enc.encode(text, allowed_special="all")
         return self.enc.encode_ordinary(text)
 
-    def encode_batch(self, texts: list[str], num_threads: int = 8) -> list[list[int]]:
-        return self.enc.encode_ordinary_batch(texts, num_threads=num_threads)
-
     def decode(self, ids) -> str:
         return self.enc.decode(list(ids))
 
