@@ -35,8 +35,9 @@ def main(argv=None) -> int:
     p.add_argument("--val-fraction", type=float, default=corpora.DEFAULT_VAL_FRACTION,
                    help="share of tokens that go to val, for local corpora (streamed ones use their first shard)")
     p.add_argument("--shard-tokens", type=int, default=corpora.DEFAULT_SHARD_TOKENS, help="tokens per shard")
-    p.add_argument("--workers", type=int, default=corpora.default_workers(),
-                   help="tokenizer processes (1: tokenize in this process)")
+    p.add_argument("--workers", type=int,
+                   help=f"tokenizer processes (default: one per CPU, {corpora.default_workers()} here; "
+                        "1: tokenize in this process)")
     args = p.parse_args(argv)
     # char-level data gets its own folder (as nanoGPT's shakespeare_char), so both tokenizations can coexist
     name = corpora.dataset_name(args.dataset) + ("-char" if args.tokenizer == "char" else "")

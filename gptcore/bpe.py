@@ -24,6 +24,9 @@ from tqdm import tqdm
 from .errors import GPTCoreError
 from .tokenizer import EOT, GPT2_SPLIT_PATTERN, gpt2_bpe_files
 
+# the pre-tokenizer; compiled once, as both encoding and training split with it
+SPLIT_REGEX = regex.compile(GPT2_SPLIT_PATTERN)
+
 # Unique chunks whose ids are remembered; English text has far fewer distinct words than this.
 CHUNK_CACHE_SIZE = 1 << 20
 
@@ -74,7 +77,6 @@ class BPETokenizer:
             self.ranks[(a, b)] = new_id
         self.eot_token = len(self.vocab)
         self.n_vocab = self.eot_token + 1
-        self.pattern = regex.compile(GPT2_SPLIT_PATTERN)
         self.cache: dict[str, tuple[int, ...]] = {}
 
     # ---- building one
@@ -116,10 +118,9 @@ class BPETokenizer:
             raise GPTCoreError(f"BPE training needs the text as a str, got {type(text).__name__}")
         if isinstance(num_merges, bool) or not isinstance(num_merges, int) or num_merges < 0:
             raise GPTCoreError(f"num_merges must be a whole number >= 0, got {num_merges!r}")
-        pattern = regex.compile(GPT2_SPLIT_PATTERN)
         chunk_counts = Counter()
         for document in text.split(EOT):
-            chunk_counts.update(pattern.findall(document))
+            chunk_counts.update(SPLIT_REGEX.findall(document))
         # Each distinct chunk is stored once, as its token ids, with how often it occurs.
         words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]
         freqs = list(chunk_counts.values())
@@ -200,7 +201,7 @@ class BPETokenizer:
         for n, document in enumerate(documents):
             if n:
                 ids.append(self.eot_token)
-            for chunk in self.pattern.findall(document):
+            for chunk in SPLIT_REGEX.findall(document):
                 ids.extend(self._encode_chunk(chunk))
         return ids
 

@@ -29,6 +29,7 @@ after its last complete shard, skipping the documents already written.
 
 import glob
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -38,6 +39,7 @@ import tokenize
 import urllib.request
 from collections import deque
 from collections.abc import Iterable, Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +47,7 @@ from tqdm import tqdm
 
 from .data import FORMAT_VERSION, META_FILE, shard_name, shard_token_count, write_meta, write_shard
 from .errors import GPTCoreError
-from .fileio import atomic_path
+from .fileio import write_json
 from .tokenizer import CharTokenizer, GPT2Tokenizer, get_tokenizer, tokenizer_from_description
 
 DEFAULT_DATASET = "pystdlib"
@@ -124,8 +126,7 @@ def read_python_source(path: str) -> str:
     with open(path, "rb") as f:
         data = f.read()
     try:
-        with open(path, "rb") as f:
-            encoding, _ = tokenize.detect_encoding(f.readline)
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
         return data.decode(encoding)
     except (SyntaxError, UnicodeDecodeError, LookupError) as e:
         raise GPTCoreError(f"{path} cannot be decoded as Python source ({e}): leave it out") from None
@@ -161,13 +162,18 @@ def stdlib_files() -> tuple[str, list[str]]:
     return root, files
 
 
+def _expand(path: str) -> tuple[str, list[str]]:
+    """(glob pattern, sorted absolute paths of the files it matches) for a folder (all files under it) or a glob."""
+    pattern = os.path.join(glob.escape(path), "**", "*") if os.path.isdir(path) else path
+    return pattern, sorted(os.path.abspath(f) for f in glob.glob(pattern, recursive=True) if os.path.isfile(f))
+
+
 def local_files(path: str) -> tuple[str, list[str]]:
     """(root for relative names, sorted files) of a local --dataset PATH: a file, a folder or a glob."""
     if os.path.isfile(path):
         return os.path.dirname(os.path.abspath(path)), [os.path.abspath(path)]
-    pattern = os.path.join(glob.escape(path), "**", "*") if os.path.isdir(path) else path
-    found = glob.glob(pattern, recursive=True)
-    files = sorted(os.path.abspath(f) for f in found if os.path.isfile(f) and f.endswith((".txt", ".jsonl")))
+    pattern, found = _expand(path)
+    files = [f for f in found if f.endswith((".txt", ".jsonl"))]
     if not files:
         raise GPTCoreError(f"found no .txt or .jsonl files at {path}")
     return _glob_root(pattern), files
@@ -370,12 +376,6 @@ def prepare_local(docs: list[str], *, name: str, source: str, input_hash: str, o
     return meta
 
 
-def _write_progress(out_dir: str, progress: dict):
-    with atomic_path(os.path.join(out_dir, PROGRESS_FILE)) as tmp:
-        with open(tmp, "w") as f:
-            json.dump(progress, f)
-
-
 def _read_progress(out_dir: str, input_hash: str, options: dict) -> dict | None:
     """The saved progress of an interrupted run with the same inputs and options, if its shards are still there."""
     return _matching_record(os.path.join(out_dir, PROGRESS_FILE), input_hash, options, lambda p: p["shards"])
@@ -404,12 +404,13 @@ def prepare_streamed(load_args: dict, *, name: str, source: str, input_hash: str
                            "offline, pass local .jsonl or .parquet files with --from") from None
     progress = _read_progress(out_dir, input_hash, options)
     if progress:
-        print(f"resuming after {len(progress['shards'])} complete shards ({progress['tokens']:,} tokens)")
+        print(f"resuming after {len(progress['shards'])} complete shards "
+              f"({sum(progress['shard_tokens']):,} tokens)")
         _clear(out_dir, keep_progress=True)
     else:
         _clear(out_dir)
-        progress = {"input_hash": input_hash, "options": options, "shards": [], "shard_tokens": [], "tokens": 0,
-                    "next_doc": 0, "skip_tokens": 0}
+        progress = {"input_hash": input_hash, "options": options, "shards": [], "shard_tokens": [], "next_doc": 0,
+                    "skip_tokens": 0}
     if progress["next_doc"]:
         stream = stream.skip(progress["next_doc"])
 
@@ -421,12 +422,11 @@ def prepare_streamed(load_args: dict, *, name: str, source: str, input_hash: str
         write_shard(os.path.join(out_dir, shard), buffer[:filled])
         progress["shards"].append(shard)
         progress["shard_tokens"].append(filled)
-        progress["tokens"] += filled
         progress["next_doc"], progress["skip_tokens"] = next_doc, skip_tokens
-        _write_progress(out_dir, progress)
+        write_json(os.path.join(out_dir, PROGRESS_FILE), progress)
 
     doc, skip = progress["next_doc"], progress["skip_tokens"]
-    with token_bar(progress["tokens"]) as bar:
+    with token_bar(sum(progress["shard_tokens"])) as bar:
         for tokens in tokenize_documents((row["text"] for row in stream), tok, workers):
             written, skip = skip, 0
             while written < len(tokens):
@@ -443,7 +443,7 @@ def prepare_streamed(load_args: dict, *, name: str, source: str, input_hash: str
             flush(doc, 0)
     sizes = progress["shard_tokens"]
     if len(sizes) < 2:
-        raise GPTCoreError(f"{source} gave only {progress['tokens']} tokens, not more than one shard of "
+        raise GPTCoreError(f"{source} gave only {sum(sizes)} tokens, not more than one shard of "
                            f"--shard-tokens {shard_tokens}, so there is no train split: lower --shard-tokens")
     meta = _meta(name, source, input_hash, options, tok, doc, train_shards=progress["shards"][1:],
                  val_shards=progress["shards"][:1], train_tokens=sum(sizes[1:]), val_tokens=sizes[0])
@@ -456,8 +456,7 @@ def prepare_streamed(load_args: dict, *, name: str, source: str, input_hash: str
 
 def streamed_files(path: str) -> tuple[str, list[str]]:
     """(datasets builder, files) for --from of a streamed corpus: a .jsonl/.json or .parquet file, folder or glob."""
-    pattern = os.path.join(glob.escape(path), "**", "*") if os.path.isdir(path) else path
-    files = sorted(os.path.abspath(f) for f in glob.glob(pattern, recursive=True) if os.path.isfile(f))
+    _, files = _expand(path)
     kinds = {"json" if f.endswith((".jsonl", ".json")) else "parquet" if f.endswith(".parquet") else None
              for f in files}
     if not files or None in kinds or len(kinds) > 1:
@@ -500,31 +499,31 @@ def prepare(dataset: str = DEFAULT_DATASET, *, out_dir: str, source_file: str | 
         meta = prepared_meta(out_dir, input_hash, streamed_options(tokenizer, shard_tokens))
         return (meta, False) if meta else (prepare_streamed(args, source=source, input_hash=input_hash, **common), True)
 
+    # read_docs runs only after the check for a prepared folder, so a rerun reads (or downloads) nothing
     if dataset == "shakespeare":
         # The hash of tinyshakespeare is known, so a rerun finds it prepared without downloading it again.
         input_hash = SHAKESPEARE_SHA256
-        if source_file is not None and _sha256_file(source_file) != SHAKESPEARE_SHA256:
+        if source_file is None:
+            source, read_docs = SHAKESPEARE_URL, lambda: [download_shakespeare()]
+        elif _sha256_file(source_file) != SHAKESPEARE_SHA256:
             raise GPTCoreError(f"{source_file} is not tinyshakespeare (its sha256 is not {SHAKESPEARE_SHA256}); "
                                "to prepare another text, pass it as --dataset PATH")
+        else:
+            source, read_docs = os.path.abspath(source_file), lambda: [read_utf8(source_file)]
     elif dataset == "pystdlib":
         root, files = stdlib_files()
         source = f"Python {sys.version.split()[0]} standard library at {root} ({len(files)} .py files, no tests)"
         input_hash = hash_files(files, root)
+        read_docs = partial(read_local_documents, files)
     elif os.path.exists(dataset) or glob.glob(dataset, recursive=True):
         root, files = local_files(dataset)
         source = f"{len(files)} local files at {os.path.abspath(dataset)}"
         input_hash = hash_files(files, root)
+        read_docs = partial(read_local_documents, files)
     else:
         raise GPTCoreError(f"unknown dataset {dataset!r}: known names are {', '.join(KNOWN_DATASETS)}; "
                            "or give the path of a text file, or a folder or glob of .txt/.jsonl files")
     meta = prepared_meta(out_dir, input_hash, local_options(tokenizer, val_fraction, shard_tokens))
     if meta:
         return meta, False
-
-    if dataset == "shakespeare" and source_file is None:
-        docs, source = [download_shakespeare()], SHAKESPEARE_URL
-    elif dataset == "shakespeare":
-        docs, source = [read_utf8(source_file)], os.path.abspath(source_file)
-    else:
-        docs = read_local_documents(files)
-    return prepare_local(docs, source=source, input_hash=input_hash, val_fraction=val_fraction, **common), True
+    return prepare_local(read_docs(), source=source, input_hash=input_hash, val_fraction=val_fraction, **common), True

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .errors import GPTCoreError
-from .fileio import atomic_path
+from .fileio import atomic_path, write_json
 
 MAGIC = b"GPTCSHRD"
 FORMAT_VERSION = 1
@@ -54,7 +54,8 @@ def write_shard(path: str, tokens: np.ndarray):
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(header)
-            f.write(tokens.astype(DTYPES[TOKEN_DTYPE_CODE], copy=False).tobytes())
+            # tofile writes straight from the array; tobytes() would first copy it (up to a 200 MB shard)
+            tokens.astype(DTYPES[TOKEN_DTYPE_CODE], copy=False).tofile(f)
 
 
 def _corrupt(path: str, why: str) -> GPTCoreError:
@@ -94,6 +95,11 @@ def read_tokens(path: str, start: int = 0, count: int | None = None) -> np.ndarr
     count = total - start if count is None else count
     if start < 0 or count < 0 or start + count > total:
         raise ValueError(f"tokens [{start}, {start + count}) are outside shard {path} of {total} tokens")
+    return _read_span(path, start, count)
+
+
+def _read_span(path: str, start: int, count: int) -> np.ndarray:
+    """Tokens [start, start+count) of a shard whose header the caller already checked: the read alone."""
     dtype = DTYPES[TOKEN_DTYPE_CODE]
     tokens = np.fromfile(path, dtype=dtype, count=count, offset=HEADER_BYTES + start * dtype.itemsize)
     if tokens.size != count:
@@ -103,9 +109,7 @@ def read_tokens(path: str, start: int = 0, count: int | None = None) -> np.ndarr
 
 def write_meta(data_dir: str, meta: dict):
     """Writes meta.json atomically; prepare writes it last, so its presence means the dataset is complete."""
-    with atomic_path(os.path.join(data_dir, META_FILE)) as tmp:
-        with open(tmp, "w") as f:
-            json.dump(meta, f, indent=1)
+    write_json(os.path.join(data_dir, META_FILE), meta, indent=1)
 
 
 def read_meta(data_dir: str) -> dict:
@@ -195,7 +199,8 @@ class ShardLoader:
         k = int(np.searchsorted(starts, position, side="right")) - 1
         shard = order[k]
         chunk = self._chunk_index(epoch, shard, position - int(starts[k]))
-        return read_tokens(self.files[shard], chunk * self.block_size, self.block_size + 1)
+        # __init__ checked every shard's header; a chunk read needs only the raw read
+        return _read_span(self.files[shard], chunk * self.block_size, self.block_size + 1)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """x, y: int64 (batch_size, block_size) on the CPU; y[b, t] is the token after x[b, t]."""

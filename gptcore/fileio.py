@@ -1,5 +1,6 @@
 """Atomic file writes: a file appears under its final name complete, or not at all."""
 
+import json
 import os
 import tempfile
 from contextlib import contextmanager
@@ -21,3 +22,9 @@ def atomic_path(path: str):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_json(path: str, obj, **dump_kwargs):
+    """json.dump(obj, **dump_kwargs) to path, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f, **dump_kwargs)

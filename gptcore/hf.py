@@ -10,7 +10,7 @@ import os
 import torch
 
 from .errors import GPTCoreError
-from .fileio import atomic_path
+from .fileio import atomic_path, write_json
 from .model import GPTConfig
 
 HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -126,5 +126,4 @@ def save_hf_weights(model, directory: str):
     }
     with atomic_path(os.path.join(directory, "model.safetensors")) as tmp:
         save_file(tensors, tmp, metadata={"format": "pt"})
-    with atomic_path(os.path.join(directory, "config.json")) as tmp, open(tmp, "w") as f:
-        json.dump(hf_config, f, indent=2)
+    write_json(os.path.join(directory, "config.json"), hf_config, indent=2)
