@@ -84,9 +84,11 @@ def model_checkpoint(model: GPT, tokenizer, step: int) -> dict:
 def export_model(model: GPT, tokenizer, step: int, path: str, dtype=torch.bfloat16):
     """Writes a weights-only checkpoint for sampling and sharing: no optimizer or data state, floats in `dtype`."""
     ckpt = model_checkpoint(model, tokenizer, step)
-    cast = {}  # by storage, so the tied wte / lm_head weight stays one tensor in the file
-    ckpt["model"] = {k: cast.setdefault(v.data_ptr(), v.to(dtype) if v.is_floating_point() else v)
-                     for k, v in ckpt["model"].items()}
+    cast = {}  # by storage, so the tied wte / lm_head weight stays one tensor in the file (and is cast once)
+    for v in ckpt["model"].values():
+        if v.data_ptr() not in cast:
+            cast[v.data_ptr()] = v.to(dtype) if v.is_floating_point() else v
+    ckpt["model"] = {k: cast[v.data_ptr()] for k, v in ckpt["model"].items()}
     save_checkpoint(path, ckpt)
 
 

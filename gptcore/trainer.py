@@ -23,9 +23,10 @@ from .checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, mo
 from .device import bf16_helps, default_device, measure_matmul_peak, peak_flops
 from .errors import GPTCoreError
 from .fileio import atomic_path
-from .model import GPT, GPTConfig
+from .model import GPT, PRESETS, GPTConfig
 
-MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias")
+# TrainConfig's model settings: every GPTConfig field but vocab_size, which comes from the data
+MODEL_FIELDS = tuple(f.name for f in fields(GPTConfig) if f.name != "vocab_size")
 
 
 @dataclass
@@ -87,8 +88,9 @@ class TrainConfig:
         return GPTConfig(vocab_size=vocab_size, **{k: getattr(self, k) for k in MODEL_FIELDS})
 
 
-def _gpt2_size(n_layer, n_head, n_embd, lr, total_batch_tokens=524_288):
+def _gpt2_size(preset: str, lr, total_batch_tokens=524_288):
     # GPT-3 paper, table 2.1: same data and schedule, learning rate shrinking with size; min lr is 10% of max
+    n_layer, n_head, n_embd = PRESETS[preset]
     return dict(data="data/fineweb-edu", n_layer=n_layer, n_head=n_head, n_embd=n_embd, learning_rate=lr,
                 min_lr=lr / 10, total_batch_tokens=total_batch_tokens, batch_size=16, compile=True)
 
@@ -105,9 +107,9 @@ TRAIN_PRESETS = {
                              beta2=0.99, eval_interval=250, eval_steps=50, save_interval=1000),
     # build-nanogpt: GPT-2 (124M) on 10B tokens of FineWeb-Edu
     "gpt2-124m": dict(data="data/fineweb-edu", out_dir="out/gpt2-124m", compile=True),
-    "gpt2-medium": _gpt2_size(24, 16, 1024, 3e-4),
-    "gpt2-large": _gpt2_size(36, 20, 1280, 2.5e-4),
-    "gpt2-xl": _gpt2_size(48, 25, 1600, 2e-4, total_batch_tokens=1_048_576),
+    "gpt2-medium": _gpt2_size("gpt2-medium", 3e-4),
+    "gpt2-large": _gpt2_size("gpt2-large", 2.5e-4),
+    "gpt2-xl": _gpt2_size("gpt2-xl", 2e-4, total_batch_tokens=1_048_576),
 }
 
 
@@ -146,13 +148,6 @@ def init_distributed(device: str) -> Distributed:
         torch.cuda.set_device(d.local_rank)
     dist.init_process_group(backend="nccl" if torch.device(device).type == "cuda" else "gloo")
     return d
-
-
-def resolve_device(config: TrainConfig, d: Distributed) -> str:
-    device = config.device or default_device()
-    if device == "cuda" and d.enabled:
-        device = f"cuda:{d.local_rank}"
-    return device
 
 
 def capture_rng() -> dict:
@@ -250,7 +245,9 @@ class Trainer:
             self.model = DDP(self.model, device_ids=[self.dist.local_rank] if self.device_type == "cuda" else None)
 
         peak = peak_flops(device)
-        if peak is None and self.device_type == "cpu":  # no spec sheet for CPUs: MFU against a measured matmul ceiling
+        # no spec sheet for CPUs: MFU against a measured matmul ceiling. Only the main process reports MFU, so only
+        # it spends the measuring time; the others leave peak None and their records simply carry no "mfu".
+        if peak is None and self.device_type == "cpu" and self.dist.is_main:
             peak = measure_matmul_peak(device, torch.bfloat16 if self.dtype == "bfloat16" else torch.float32)
         self.peak_flops = peak
         self.step = 0
@@ -361,9 +358,10 @@ class Trainer:
 
     def _should_stop(self) -> bool:
         """True when any process got SIGINT/SIGTERM, so all of them stop after the same step."""
+        if not self.dist.enabled:  # alone, no need for a device tensor and a sync every step
+            return self._stop_signal is not None
         flag = torch.tensor(float(self._stop_signal is not None), device=self.device)
-        if self.dist.enabled:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
     def run(self):
@@ -380,9 +378,7 @@ class Trainer:
         try:
             while self.step < c.max_steps:
                 t0 = time.perf_counter()
-                loss, norm, lr = self.train_step()
-                if self.device_type == "cuda":
-                    torch.cuda.synchronize()
+                loss, norm, lr = self.train_step()  # its .item() calls wait for the GPU, so dt is the step's real time
                 dt = time.perf_counter() - t0
                 self.step += 1
                 if not math.isfinite(loss):
@@ -442,8 +438,10 @@ def build_trainer(config: TrainConfig) -> Trainer:
     from .data import ShardLoader, read_meta
     from .tokenizer import tokenizer_from_description
 
-    d = init_distributed(config.device or default_device())
-    device = resolve_device(config, d)
+    device = config.device or default_device()
+    d = init_distributed(device)
+    if device == "cuda" and d.enabled:  # one GPU per process
+        device = f"cuda:{d.local_rank}"
     meta = read_meta(config.data)
     tokenizer = tokenizer_from_description(meta["tokenizer"])
 
@@ -483,10 +481,11 @@ def build_trainer(config: TrainConfig) -> Trainer:
 def _check_resumable(ckpt: dict, path: str, config: TrainConfig, meta: dict):
     """A checkpoint resumes only into the model shape and data it was trained with."""
     saved = ckpt["model_config"]
-    if config.init_from in ("resume", "scratch"):  # model flags describe the model; pretrained runs take the weights' shape
+    # model flags describe the model; pretrained runs take the weights' shape. (scratch never gets here: build_trainer
+    # refuses scratch into an out_dir with checkpoints.) Dropout may change on resume: it is no part of the weights.
+    if config.init_from == "resume":
         wanted = asdict(config.model_config(meta["vocab_size"]))
-        differ = [f"{k}={saved[k]} (this run: {wanted[k]})" for k in ("n_layer", "n_head", "n_embd", "block_size",
-                                                                      "vocab_size", "bias") if saved[k] != wanted[k]]
+        differ = [f"{k}={saved[k]} (this run: {wanted[k]})" for k in wanted if k != "dropout" and saved[k] != wanted[k]]
         if differ:
             raise GPTCoreError(f"checkpoint {path} is from a different model config: {', '.join(differ)}; "
                                "use matching flags or another --out-dir")
