@@ -65,12 +65,12 @@ def committed_checkpoint() -> str | None:
 def load_model(args):
     """(model, tokenizer) from --checkpoint, --pretrained, checkpoint/*.pt, or else an untrained GPT-2 124M."""
     if args.pretrained:
-        return GPT.from_pretrained(args.pretrained).eval(), get_tokenizer("gpt2")
+        return GPT.from_pretrained(args.pretrained), get_tokenizer("gpt2")
     path = args.checkpoint or committed_checkpoint()
     if path is None:
         print(f"note: no checkpoint in {COMMITTED_DIR} ({CKPT_PATTERN} or any .pt); sampling from an untrained "
               "GPT-2 124M, so expect gibberish (use --checkpoint or --pretrained)", file=sys.stderr)
-        return GPT(GPTConfig()).eval(), get_tokenizer("gpt2")
+        return GPT(GPTConfig()), get_tokenizer("gpt2")
     return model_from_checkpoint(load_checkpoint(path))
 
 
@@ -97,15 +97,12 @@ def main(argv=None):
             print(SEPARATOR)
         tokens = generate_tokens(model, idx, args.max_tokens, args.temperature, args.top_k, args.top_p,
                                  stop_token=stop)
-        # the stop token itself is not printed
-        ids = (int(t) for t in tokens if stop is None or int(t) != stop)
+        ids = (i for i in map(int, tokens) if i != stop)  # the stop token itself is not printed
         sys.stdout.write(args.prompt)
-        if stream:
-            for piece in decode_stream(tokenizer, ids):
-                sys.stdout.write(piece)
+        for piece in decode_stream(tokenizer, ids):
+            sys.stdout.write(piece)
+            if stream:
                 sys.stdout.flush()
-        else:
-            sys.stdout.write("".join(decode_stream(tokenizer, ids)))
         sys.stdout.write("\n")
         sys.stdout.flush()
 

@@ -10,7 +10,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import ROOT, append_results  # noqa: E402
+from bench.common import ROOT, report  # noqa: E402
 from gptcore.bpe import BPETokenizer  # noqa: E402
 from gptcore.tokenizer import GPT2Tokenizer  # noqa: E402
 
@@ -52,8 +52,7 @@ def main():
     value_width = max(len(value) for _, value in rows)
     table = [f"| {'what':<{width}} | {'result':>{value_width}} |", f"|{'-' * (width + 2)}|{'-' * (value_width + 1)}:|"]
     table += [f"| {name:<{width}} | {value:>{value_width}} |" for name, value in rows]
-    print("\n".join(table))
-    append_results("bpe: pure-Python BPE vs tiktoken", [f"Python {platform.python_version()}"], "\n".join(table))
+    report("bpe: pure-Python BPE vs tiktoken", [f"Python {platform.python_version()}"], "\n".join(table))
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from bench.common import append_results  # noqa: E402
-from gptcore.generate import generate_tokens, generation_dtype, prepare_for_generation  # noqa: E402
+from bench.common import report  # noqa: E402
+from gptcore.device import generation_dtype  # noqa: E402
+from gptcore.generate import generate_tokens, prepare_for_generation  # noqa: E402
 from gptcore.model import GPT, GPTConfig  # noqa: E402
 
 PROMPT_TOKENS, NEW_TOKENS = 16, 128
@@ -87,7 +88,7 @@ def main():
     hf.generation_config.pad_token_id = 0
     hf_bf16 = copy.deepcopy(hf).to(torch.bfloat16)
     default_dtype = generation_dtype("cpu")
-    ours_default = prepare_for_generation(copy.deepcopy(ours), "cpu")
+    ours_default = prepare_for_generation(copy.deepcopy(ours), "cpu", default_dtype)
     idx = torch.randint(0, 50257, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(0))
     dtype_name = str(default_dtype).removeprefix("torch.")
 
@@ -145,9 +146,7 @@ def main():
         "|---|---|---|---|---|---|---|---|", *rows])
     title = (f"bench_generate.py: generation speed, GPT-2 124M, prompt {PROMPT_TOKENS} tokens, {NEW_TOKENS} new, "
              "batch 1, greedy")
-    print(f"## {title}\n\n" + "\n".join(f"- {d}" for d in details) + "\n\n" + table)
-    if not args.no_save:
-        append_results(title, details, table)
+    report(title, details, table, save=not args.no_save)
 
 
 if __name__ == "__main__":

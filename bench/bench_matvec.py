@@ -21,7 +21,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench.common import append_results  # noqa: E402
+from bench.common import report  # noqa: E402
 from gptcore.generate import PackedLinear  # noqa: E402
 from gptcore.model import GPTConfig  # noqa: E402
 
@@ -101,9 +101,7 @@ def main():
     title = "bench_matvec.py: the matrix-vector products of one GPT-2 124M decode step, by kernel"
     details = [f"torch threads: {torch.get_num_threads()}; {args.rounds} interleaved rounds; "
                f"{len(decode_shapes(config))} products per step, {config.n_layer} blocks + the output head"]
-    print(f"## {title}\n\n" + "\n".join(f"- {d}" for d in details) + "\n\n" + table)
-    if not args.no_save:
-        append_results(title, details, table)
+    report(title, details, table, save=not args.no_save)
 
 
 if __name__ == "__main__":

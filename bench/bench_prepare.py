@@ -24,7 +24,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import append_results  # noqa: E402
+from bench.common import report  # noqa: E402
 from gptcore import corpora  # noqa: E402
 from gptcore.tokenizer import get_tokenizer  # noqa: E402
 
@@ -83,8 +83,7 @@ def main():
                     f"| {statistics.median(cpu[name]):.2f} |")
     mb = sum(len(d.encode()) for d in docs) / 1e6
     table = "\n".join(rows)
-    print(table)
-    append_results("prepare: tokenization throughput on pystdlib", [
+    report("prepare: tokenization throughput on pystdlib", [
         f"Python {platform.python_version()}",
         f"corpus: {len(docs)} documents, {mb:.1f} MB, {tokens:,} GPT-2 tokens (end-of-text not counted)",
         f"{args.rounds} interleaved rounds; load average (1 min) {load_before[0]:.2f} before, "

@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import ROOT, append_results  # noqa: E402
+from bench.common import ROOT, report  # noqa: E402
 from gptcore.data import read_meta, read_tokens  # noqa: E402
 from gptcore.trainer import TRAIN_PRESETS  # noqa: E402
 
@@ -58,10 +58,8 @@ def main():
         f"| unigram baseline, val | {baseline:.3f} nats/token |",
         *(f"| val loss at step {r['step']} | {r['val_loss']:.3f} |" for r in evals),
     ])
-    print(table)
-    if not args.no_save:
-        append_results("quickstart: python train.py --preset quickstart",
-                       [f"data {TRAIN_PRESETS['quickstart']['data']}; CPU, default settings"], table)
+    report("quickstart: python train.py --preset quickstart",
+           [f"data {TRAIN_PRESETS['quickstart']['data']}; CPU, default settings"], table, save=not args.no_save)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import append_results  # noqa: E402
+from bench.common import report  # noqa: E402
 from gptcore import GPT, GPTConfig  # noqa: E402
 from gptcore.device import bf16_helps, default_device, measure_matmul_peak  # noqa: E402
 
@@ -107,12 +107,10 @@ def main():
         speedup = tok_s / rows[i + 1][2] if i % 2 == 0 else 1.0
         lines.append(f"| {name} | {side} | {tok_s:,.1f} | {100 * mfu:.1f}% | {speedup:.2f}x |")
     table = "\n".join(lines)
-    print(table)
-    if not args.no_save:
-        peak_text = ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in peaks.items())
-        append_results("train: throughput, gptcore vs transformers",
-                       [f"device {device}; one step = forward + backward + AdamW; {args.steps} timed steps each, "
-                        f"interleaved; matmul peak measured here: {peak_text}"], table, device)
+    peak_text = ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in peaks.items())
+    report("train: throughput, gptcore vs transformers",
+           [f"device {device}; one step = forward + backward + AdamW; {args.steps} timed steps each, "
+            f"interleaved; matmul peak measured here: {peak_text}"], table, save=not args.no_save, device=device)
 
 
 if __name__ == "__main__":

@@ -40,10 +40,13 @@ def machine(device: str = "cpu") -> str:
     return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
-def append_results(title: str, details: list[str], table: str, device: str = "cpu"):
-    """Appends one dated section to bench/RESULTS.md: title, machine and commit, the run's details, the table."""
-    header = [f"## {title} ({datetime.date.today()})", "",
-              f"- machine: {machine(device)}; torch {torch.__version__}; commit {git_commit()}",
-              *(f"- {d}" for d in details), "", table, ""]
-    with open(RESULTS, "a", encoding="utf-8") as f:
-        f.write("\n" + "\n".join(header))
+def report(title: str, details: list[str], table: str, save: bool = True, device: str = "cpu"):
+    """Prints one dated section (title, machine and commit, the run's details, the table) and, if save, appends
+    it to bench/RESULTS.md."""
+    section = "\n".join([f"## {title} ({datetime.date.today()})", "",
+                         f"- machine: {machine(device)}; torch {torch.__version__}; commit {git_commit()}",
+                         *(f"- {d}" for d in details), "", table, ""])
+    print(section)
+    if save:
+        with open(RESULTS, "a", encoding="utf-8") as f:
+            f.write("\n" + section)

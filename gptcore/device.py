@@ -19,6 +19,11 @@ def default_device() -> str:
     return "cpu"
 
 
+def mkldnn_bf16() -> bool:
+    """Whether torch can run bf16 matmuls through oneDNN on this CPU (AVX512 or newer; not necessarily native bf16)."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 @functools.cache
 def cpu_bf16_is_faster() -> bool:
     """Whether bf16 matmuls clearly beat fp32 on this CPU, measured once (about 0.4 s).
@@ -26,7 +31,7 @@ def cpu_bf16_is_faster() -> bool:
     Flags don't tell: with AMX, bf16 runs ~2.6x faster than fp32; with AVX512-BF16 alone it can run slower.
     The two are timed in alternation, five times each, and compared by median, so a busy moment can't flip it.
     """
-    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+    if not mkldnn_bf16():
         return False
     x, w = torch.randn(512, 768), torch.randn(3072, 768)
     xb, wb = x.bfloat16(), w.bfloat16()
@@ -51,6 +56,21 @@ def bf16_helps(device: str) -> bool:
     if kind == "cuda":
         return torch.cuda.is_bf16_supported()
     return kind == "cpu" and cpu_bf16_is_faster()
+
+
+def generation_dtype(device) -> torch.dtype:
+    """bf16 on GPUs that support it and on CPUs with native bf16 dot products (AVX512-BF16 or AMX); else fp32.
+
+    Unlike training (bf16_helps), decoding is memory-bound, not compute-bound: every weight is read once per token,
+    so half the bytes is up to twice the speed even where bf16 matmuls compute no faster than fp32.
+    """
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.bfloat16 if bf16_helps(device) else torch.float32
+    native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    if kind == "cpu" and mkldnn_bf16() and native_bf16:
+        return torch.bfloat16
+    return torch.float32
 
 
 def peak_flops(device: str) -> float | None:

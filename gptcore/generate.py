@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from .device import generation_dtype, mkldnn_bf16
 from .errors import GPTCoreError
 
 
@@ -173,20 +174,6 @@ def decode_stream(tokenizer, ids):
 
 # ---- the fastest way to run a model for generation ----
 
-def generation_dtype(device) -> torch.dtype:
-    """bf16 on GPUs that support it and on CPUs with native bf16 dot products (AVX512-BF16 or AMX); else fp32.
-
-    Decoding is memory-bound (every weight is read once per token), so half the bytes is up to twice the speed.
-    """
-    kind = torch.device(device).type
-    if kind == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    if kind == "cpu" and torch.backends.mkldnn.is_available() and \
-            (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
-        return torch.bfloat16
-    return torch.float32
-
-
 class PackedLinear(nn.Module):
     """An nn.Linear frozen for CPU inference in bf16: its weight is reordered once into oneDNN's blocked layout.
 
@@ -217,13 +204,9 @@ def prepare_for_generation(model, device, dtype: torch.dtype | None = None):
     """
     dtype = dtype or generation_dtype(device)
     model = model.to(device=device, dtype=dtype).eval()
-    if torch.device(device).type == "cpu" and dtype == torch.bfloat16 and torch.backends.mkldnn.is_available() \
-            and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if torch.device(device).type == "cpu" and dtype == torch.bfloat16 and mkldnn_bf16():
         for module in list(model.modules()):
             for name, child in list(module.named_children()):
                 if isinstance(child, nn.Linear):
                     setattr(module, name, PackedLinear(child))
-        # GPT.forward's full-sequence path (use_cache=False) multiplies by lm_head.weight itself; it is the token
-        # embedding's, so keeping it costs nothing
-        model.lm_head.weight = model.transformer.wte.weight
     return model

@@ -169,7 +169,9 @@ class GPT(nn.Module):
         if offset + T > self.config.block_size:
             raise GPTCoreError(f"sequence of length {offset + T} is longer than block_size={self.config.block_size}; "
                                f"crop the input to the last {self.config.block_size} tokens")
-        if not torch.compiler.is_compiling() and idx.numel() and not 0 <= int(idx.min()) <= int(idx.max()) < self.config.vocab_size:
+        # decode steps (start_pos > 0) feed back tokens the model itself sampled: no check, no sync per token
+        if not start_pos and not torch.compiler.is_compiling() and idx.numel() and \
+                not 0 <= int(idx.min()) <= int(idx.max()) < self.config.vocab_size:
             raise GPTCoreError(f"token ids must lie in [0, {self.config.vocab_size}), got {int(idx.min())}..{int(idx.max())}")
         pos = torch.arange(offset, offset + T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
@@ -177,7 +179,8 @@ class GPT(nn.Module):
             x = block(x, start_pos)
         x = self.transformer.ln_f(x)
         if start_pos is None:
-            logits = F.linear(x, self.lm_head.weight, self.vocab_mask.to(x.dtype))  # (B, T, padded_vocab_size)
+            # the head is the tied token embedding; F.linear adds the vocab mask inside the matmul
+            logits = F.linear(x, self.transformer.wte.weight, self.vocab_mask.to(x.dtype))  # (B, T, padded_vocab)
         else:  # generation samples from the last position only; lm_head may be a PackedLinear (see generate.py)
             logits = self.lm_head(x[:, -1:])
         loss = None

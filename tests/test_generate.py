@@ -7,6 +7,7 @@ import torch
 import transformers
 
 from gptcore import GPT, GPTConfig, GPTCoreError
+from gptcore.device import mkldnn_bf16
 from gptcore.generate import (PackedLinear, decode_stream, generate, generate_tokens, next_token_probs,
                               prepare_for_generation, sample_next_token)
 from gptcore.tokenizer import CharTokenizer, get_tokenizer
@@ -224,9 +225,7 @@ def test_decode_stream_char_tokenizer():
 
 # ---- the CPU bf16 fast path ----
 
-needs_mkldnn_bf16 = pytest.mark.skipif(not (torch.backends.mkldnn.is_available() and
-                                            torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-                                       reason="PackedLinear needs oneDNN with bf16 on this CPU")
+needs_mkldnn_bf16 = pytest.mark.skipif(not mkldnn_bf16(), reason="PackedLinear needs oneDNN with bf16 on this CPU")
 
 
 @needs_mkldnn_bf16
