@@ -88,7 +88,7 @@ class CfgNode:
         """Applies command-line overrides such as sys.argv[1:]: --trainer.batch_size=32 --model.model_type=gpt2.
 
         A value is read as a Python literal where it is one (32, 5e-4, None, (0.9, 0.95), True) and kept as the
-        text otherwise (gpt2, ./out/run); a key holding a string keeps the text even if it reads as a number.
+        text otherwise (gpt2, ./out/run); a key holding a string or path keeps the text even if it reads as a number.
         """
         if isinstance(args, str):
             raise GPTCoreError("merge_from_args takes a list of arguments such as sys.argv[1:], not one string")
@@ -109,7 +109,7 @@ class CfgNode:
                                        "not a section with keys")
             current = _child(section, path[-1], ".".join(path[:-1]), arg)
             value = _parse(raw)
-            if isinstance(current, str) and not isinstance(value, str) and value is not None:
+            if isinstance(current, (str, os.PathLike)) and not isinstance(value, str) and value is not None:
                 value = raw
             _set(section, path[-1], value, key, arg)
 
@@ -166,9 +166,11 @@ def _set(section, key: str, value, where: str, source: str) -> None:
             value = float(value)
         elif isinstance(current, (list, tuple)) and isinstance(value, (list, tuple)):
             value = type(current)(value)
+        elif isinstance(current, os.PathLike) and isinstance(value, str):  # to_dict() wrote the path as text
+            value = type(current)(value)
         elif isinstance(current, bool) != isinstance(value, bool) or not isinstance(value, type(current)):
-            raise GPTCoreError(f"{source}: {where} takes a {type(current).__name__} like its value now, "
-                               f"{current!r}; got {value!r}")
+            raise GPTCoreError(f"{source}: {where} must stay {type(current).__name__}: it is {current!r}, "
+                               f"got {value!r}")
     setattr(section, key, value)
 
 
