@@ -37,11 +37,13 @@ def run(tmp_path_factory):
 
 def test_the_script_trains_and_reports_through_its_callback(run):
     stdout, _, _ = run
-    steps = {int(n): (float(dt), float(loss)) for dt, n, loss in
-             re.findall(r"iter_dt ([\d.]+)ms; iter (\d+): train loss ([\d.]+)", stdout)}
-    assert sorted(steps) == [0, 10, 20, 30, 40]
-    assert all(dt > 0 for dt, _ in steps.values())
-    assert steps[40][1] < 0.85 * steps[0][1]  # 50 steps on characters: well below the uniform guess, ln(58)
+    steps = [(int(n), float(dt), float(loss)) for dt, n, loss in
+             re.findall(r"iter_dt ([\d.]+)ms; iter (\d+): train loss ([\d.]+)", stdout)]
+    # every 10th of the 50 steps; minGPT counts the first one as iter_num 0, gptcore as 1: both print 5 lines
+    iters = [n for n, _, _ in steps]
+    assert iters in ([0, 10, 20, 30, 40], [10, 20, 30, 40, 50])
+    assert all(dt > 0 for _, dt, _ in steps)
+    assert steps[-1][2] < 0.85 * steps[0][2]  # 50 steps on characters: well below where it started
     assert "model:\n    model_type: gpt-nano\n" in stdout  # print(config), sections indented
 
 
@@ -59,7 +61,7 @@ def test_samples_match_the_saved_model(run):
     _, _, work_dir = run
     with open(work_dir / "samples.json") as f:
         samples = json.load(f)
-    assert samples["iter_num"] == 25
+    assert samples["iter_num"] in (25, 50)  # the last multiple of 25 reached in 50 steps, by either count
     assert samples["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
 
     text = TEXT.read_text(encoding="utf-8")[:12000]
