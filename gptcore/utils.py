@@ -28,8 +28,7 @@ def set_seed(seed: int) -> None:
         raise GPTCoreError(f"the seed must be a whole number from 0 to 2**32 - 1, got {seed!r}")
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.cuda.manual_seed_all(seed)  # torch.manual_seed covers CUDA too; said again so the intent is plain
+    torch.manual_seed(seed)  # the CPU and every CUDA device
 
 
 def setup_logging(config: "CfgNode") -> None:
