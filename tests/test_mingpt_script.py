@@ -28,7 +28,9 @@ def run(tmp_path_factory):
     work_dir = tmp_path_factory.mktemp("chargpt") / "out"
     args = ["--trainer.max_iters=50", "--model.model_type=gpt-nano", f"--data.input_file={TEXT}",
             f"--system.work_dir={work_dir}"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    # one thread: for a model this small a second one only adds waiting, and the machine may be shared
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
