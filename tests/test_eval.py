@@ -7,6 +7,7 @@ log-likelihoods in float64 from float32 logits; they must agree within 1e-5, wit
 """
 
 import importlib.util
+import os
 import json
 import math
 import re
@@ -32,7 +33,7 @@ eval_script = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(eval_script)
 
 BLOCK = 64
-LIMITS = {"hellaswag": 24, "lambada": 40, "wikitext2": 12}  # examples; wikitext2: windows (12 * 32 tokens)
+LIMITS = {"hellaswag": 16, "lambada": 24, "wikitext2": 8}  # examples; wikitext2: windows (8 * 32 tokens)
 TOL = 1e-5
 
 
@@ -276,3 +277,43 @@ def test_download_is_checked_before_it_is_kept(tmp_path, monkeypatch):
     with pytest.raises(GPTCoreError, match="the download from https://.* has sha256 .* so it was not kept"):
         files.task_file("lambada")
     assert not (tmp_path / "cache" / "eval" / "lambada_openai.jsonl").exists()
+
+
+def test_hellaswag_callback_matches_eval(hf_dir, ours):
+    from gptcore.eval.callback import HellaSwagCallback
+    model = GPT.from_pretrained(str(hf_dir)).eval()
+    callback = HellaSwagCallback(get_tokenizer("gpt2"), interval=5, limit=LIMITS["hellaswag"], batch_size=7)
+    assert [callback.due(s, 12) for s in (4, 5, 10, 11, 12)] == [False, True, True, False, True]
+    metrics = callback(model)
+    assert metrics == {"hellaswag_acc": ours["hellaswag"][0]["acc"], "hellaswag_acc_norm": ours["hellaswag"][0]["acc_norm"]}
+
+
+DDP_SCRIPT = """
+import json, sys, torch, torch.distributed as dist
+from gptcore import GPT
+from gptcore.eval.scoring import score_requests
+dist.init_process_group("gloo")
+model = GPT.from_pretrained(sys.argv[1]).eval()
+g = torch.Generator().manual_seed(3)
+reqs = [(torch.randint(0, 50257, (int(n),), generator=g).tolist(), [1, 2, 3][:1 + n % 3]) for n in range(2, 13)]
+scores = score_requests(model, reqs, batch_size=2, progress=False)
+json.dump([[s.logprob, s.n_tokens, s.greedy] for s in scores], open(sys.argv[2] + str(dist.get_rank()), "w"))
+dist.destroy_process_group()
+"""
+
+
+def test_ddp_ranks_share_the_work_and_all_get_every_score(tmp_path, hf_dir, hf):
+    """2 processes (gloo): each scores half the requests; both return all scores, equal to transformers'."""
+    script = tmp_path / "ddp_score.py"
+    script.write_text(DDP_SCRIPT)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(script),
+                        str(hf_dir), str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    rank0, rank1 = (json.loads((tmp_path / f"out{k}").read_text()) for k in (0, 1))
+    assert rank0 == rank1 and len(rank0) == 11
+    g = torch.Generator().manual_seed(3)
+    for n, (logprob, n_tokens, greedy) in zip(range(2, 13), rank0):
+        ctx, cont = torch.randint(0, 50257, (n,), generator=g).tolist(), [1, 2, 3][:1 + n % 3]
+        want, want_greedy = hf_continuation(hf[0], ctx, cont)
+        assert logprob == pytest.approx(want, abs=TOL) and n_tokens == len(cont) and greedy == want_greedy

@@ -42,7 +42,13 @@ def evaluate(model, tokenizer, path: str, limit: int | None = None, batch_size: 
              dtype=torch.float32, progress: bool = True) -> TaskResult:
     require_gpt2(tokenizer, "hellaswag")
     items = load(path, limit)
-    scores = score_requests(model, requests(items, tokenizer), batch_size, dtype, progress, desc="hellaswag")
+    return score(model, items, requests(items, tokenizer), batch_size, dtype, progress)
+
+
+def score(model, items: list[dict], reqs: list, batch_size: int = 16, dtype=torch.float32,
+          progress: bool = True) -> TaskResult:
+    """acc and acc_norm of items whose requests(items, tokenizer) are given (the trainer tokenizes them once)."""
+    scores = score_requests(model, reqs, batch_size, dtype, progress, desc="hellaswag")
     samples = []
     for n, item in enumerate(items):
         mine = scores[4 * n: 4 * n + 4]
