@@ -317,3 +317,18 @@ def test_ddp_ranks_share_the_work_and_all_get_every_score(tmp_path, hf_dir, hf):
         ctx, cont = torch.randint(0, 50257, (n,), generator=g).tolist(), [1, 2, 3][:1 + n % 3]
         want, want_greedy = hf_continuation(hf[0], ctx, cont)
         assert logprob == pytest.approx(want, abs=TOL) and n_tokens == len(cont) and greedy == want_greedy
+
+
+def test_loss_plot_gets_a_hellaswag_panel(tmp_path):
+    from gptcore.plot import loss_figure, plot_losses
+    records = [{"step": s, "loss": 5.0 - s / 10} for s in range(1, 7)]
+    assert len(loss_figure(records).axes) == 1
+    records[2].update(hellaswag_acc=0.25, hellaswag_acc_norm=0.27)
+    records[5].update(hellaswag_acc=0.26, hellaswag_acc_norm=0.3, val_loss=4.5)
+    fig = loss_figure(records)
+    assert len(fig.axes) == 2
+    acc_norm = fig.axes[1].get_lines()[0]
+    assert list(acc_norm.get_xdata()) == [3, 6] and list(acc_norm.get_ydata()) == [0.27, 0.3]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    plot_losses(str(tmp_path / "metrics.jsonl"), str(tmp_path / "loss.png"))
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -9,7 +9,6 @@ import torch
 
 from ..errors import GPTCoreError
 from . import hellaswag
-from .common import require_gpt2
 from .files import task_file
 
 
@@ -20,7 +19,10 @@ class HellaSwagCallback:
             raise GPTCoreError(f"hellaswag_interval must be >= 1 (or 0 for off), got {interval}")
         if limit is not None and limit < 1:
             raise GPTCoreError(f"hellaswag_limit must be >= 1 (or none for all 10,042 items), got {limit}")
-        require_gpt2(tokenizer, "hellaswag")
+        kind = tokenizer.describe().get("type")
+        if kind != "gpt2":
+            raise GPTCoreError(f"HellaSwag during training needs the GPT-2 tokenizer, but this data was prepared with "
+                               f"the '{kind}' tokenizer; pass --hellaswag-interval 0")
         self.interval, self.batch_size = interval, batch_size
         self.items = hellaswag.load(task_file("hellaswag", data_dir), limit)
         self.requests = hellaswag.requests(self.items, tokenizer)
@@ -32,3 +34,10 @@ class HellaSwagCallback:
         """{"hellaswag_acc": .., "hellaswag_acc_norm": ..} of the model (not DDP-wrapped) as it is now."""
         result = hellaswag.score(model, self.items, self.requests, self.batch_size, dtype, progress=False)
         return {f"hellaswag_{k}": v for k, v in result.metrics.items()}
+
+    def on_batch_end(self, trainer):
+        """The training recipe's hook (gptcore/train): when due, adds the scores to trainer.record, the step's
+        metrics, scoring trainer.raw_model under the run's own autocast."""
+        if self.due(trainer.iter_num, trainer.config.max_iters):
+            with trainer.autocast():
+                trainer.record.update(self(trainer.raw_model))
