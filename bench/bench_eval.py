@@ -13,6 +13,7 @@ Each round runs every method once, in turn; the speed-up is the median of per-ro
 """
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -103,6 +104,19 @@ def lm_eval_runner(hf_model, hf_dir, batch_size):
     return run
 
 
+def compare(task, scores, theirs: dict) -> list[tuple]:
+    """(task, metric, gptcore's value, lm-eval's) for the metrics both define the same way."""
+    if task == "lambada":
+        ours = {"acc": sum(s.greedy for s in scores) / len(scores),
+                "perplexity": math.exp(-sum(s.logprob for s in scores) / len(scores))}
+    else:  # hellaswag: acc is the same protocol; lm-eval's acc_norm divides by bytes, ours by tokens
+        groups = [scores[i:i + 4] for i in range(0, len(scores), 4)]
+        items = hellaswag.load(task_file("hellaswag"), len(groups))
+        ours = {"acc": sum(max(range(4), key=lambda k: g[k].logprob) == it["label"]
+                           for g, it in zip(groups, items)) / len(groups)}
+    return [(task, m, v, theirs[f"{m},none"]) for m, v in ours.items()]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="rounds; each runs every method once (default: 3)")
@@ -126,6 +140,7 @@ def main():
 
     methods = ["plain", "fp32", "bf16"] + (["lm-eval"] if run_lm_eval else [])
     seconds = {(t, m): [] for t in loads for m in methods}
+    side_by_side = []  # (task, metric, gptcore, lm-eval) on the same examples
     for r in range(args.rounds):
         for task, (reqs, examples) in loads.items():
             start = time.perf_counter()
@@ -139,10 +154,14 @@ def main():
                     worst = max(abs(g.logprob - w) for g, w in zip(got, want))
                     print(f"{task} {name}: max |log-likelihood - transformers'| = {worst:.2e}")
                     assert name != "fp32" or worst < 1e-3, "fp32 scores differ from transformers'"
+                    if name == "fp32":
+                        fp32_scores = got
             if run_lm_eval and task != "wikitext2":
                 start = time.perf_counter()
-                run_lm_eval(task)
+                theirs = run_lm_eval(task)
                 seconds[task, "lm-eval"].append(time.perf_counter() - start)
+                if r == 0:
+                    side_by_side += compare(task, fp32_scores, theirs)
 
     rows = ["| task | examples | method | examples/s (median) | best round | speed-up vs plain loop (median of rounds) |",
             "|---|---|---|---|---|---|"]
@@ -155,6 +174,10 @@ def main():
             ratios = [p / s for p, s in zip(seconds[task, "plain"], runs)]
             rows.append(f"| {task} | {n} | {m} | {n / statistics.median(runs):.2f} | {n / min(runs):.2f} | "
                         f"{statistics.median(ratios):.2f}x |")
+    if side_by_side:
+        rows += ["", "Same examples, gptcore (float32) next to lm-evaluation-harness:", "",
+                 "| task | metric | gptcore | lm-eval |", "|---|---|---|---|"]
+        rows += [f"| {t} | {m} | {a:.6g} | {b:.6g} |" for t, m, a, b in side_by_side]
     flags = " ".join(f for f in ("amx_tile", "avx512_bf16") if f in open("/proc/cpuinfo").read()) or "none"
     report("bench_eval: examples/s, gptcore scoring vs a plain transformers loop, GPT-2 124M (random weights)",
            [f"{args.rounds} rounds, interleaved; gptcore batch {args.batch_size}; torch threads "

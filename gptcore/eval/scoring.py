@@ -24,6 +24,8 @@ from tqdm import tqdm
 
 from ..errors import GPTCoreError
 
+HEAD_ROWS_CPU = 64
+
 
 @dataclass
 class Score:
@@ -71,16 +73,20 @@ def score_batch(model, batch, dtype=torch.float32) -> list[Score]:
         rows += [b] * n
         cols += range(len(x) - n, len(x))  # the position before each continuation token
         targets += cont
+    targets = torch.tensor(targets, device=device)
+    token_lp, hit = [], []
     with autocast_for(device, dtype):
         hidden = model.hidden_states(idx.to(device))  # (B, T, n_embd)
         picked = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]  # (N, n_embd)
-        logits = F.linear(picked, model.transformer.wte.weight[:vocab])  # (N, vocab): the tied head, N rows only
-    logits = logits.float()
-    targets = torch.tensor(targets, device=device)
-    chosen = logits.gather(1, targets[:, None])[:, 0]  # (N,)
-    # log-softmax at the targets only, and greedy = the target's logit is the largest: two passes over (N, vocab)
-    token_lp = (chosen - torch.logsumexp(logits, dim=-1)).double().cpu()  # (N,)
-    hit = (chosen >= logits.max(dim=-1).values).cpu()  # (N,)
+        # on CPUs, a few rows at a time: a (64, vocab) block of logits stays in cache for the passes below
+        step = HEAD_ROWS_CPU if device.type == "cpu" else len(targets)
+        for i in range(0, len(targets), step):
+            logits = F.linear(picked[i:i + step], model.transformer.wte.weight[:vocab]).float()  # the tied head
+            chosen = logits.gather(1, targets[i:i + step, None])[:, 0]
+            # log-softmax at the targets only; greedy = the target's logit is the largest
+            token_lp.append(chosen - torch.logsumexp(logits, dim=-1))
+            hit.append(chosen >= logits.max(dim=-1).values)
+    token_lp, hit = torch.cat(token_lp).double().cpu(), torch.cat(hit).cpu()  # (N,), (N,)
     scores, start = [], 0
     for _, cont in batch:
         n = len(cont)
