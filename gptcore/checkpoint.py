@@ -19,7 +19,7 @@ import torch
 from .errors import GPTCoreError
 from .fileio import atomic_path
 from .model import GPT, GPTConfig
-from .tokenizer import tokenizer_from_description
+from .tokenizer import get_tokenizer, tokenizer_from_description
 
 CKPT_PATTERN = "ckpt_*.pt"
 
@@ -98,3 +98,21 @@ def model_from_checkpoint(ckpt: dict) -> tuple[GPT, object]:
     model.load_state_dict(ckpt["model"])
     model.eval()
     return model, tokenizer_from_description(ckpt["tokenizer"])
+
+
+def committed_checkpoint(directory: str) -> str | None:
+    """The newest training checkpoint in a folder of committed models, else its last .pt file by name, else None."""
+    if not os.path.isdir(directory):
+        return None
+    files = sorted(f for f in os.listdir(directory) if f.endswith(".pt"))
+    return latest_checkpoint(directory) or (os.path.join(directory, files[-1]) if files else None)
+
+
+def load_model(checkpoint: str | None = None, pretrained: str | None = None) -> tuple[GPT, object]:
+    """(model, tokenizer) in eval mode on the CPU, from a gptcore checkpoint (a .pt file or an out dir) or from
+    OpenAI's GPT-2 in the Hugging Face format (a folder, or a name online), which uses the GPT-2 tokenizer."""
+    if pretrained:
+        return GPT.from_pretrained(pretrained).eval(), get_tokenizer("gpt2")
+    if checkpoint is None:
+        raise GPTCoreError("no model given: pass --checkpoint PATH or --pretrained NAME_OR_DIR")
+    return model_from_checkpoint(load_checkpoint(checkpoint))

@@ -207,6 +207,22 @@ class GPT(nn.Module):
         start_pos: generation only; idx continues a sequence whose first start_pos tokens are in the KV cache,
         and the logits are those of the last position only, (B, 1, vocab_size).
         """
+        x = self.hidden_states(idx, start_pos)
+        if start_pos is None:
+            # the head is the tied token embedding; F.linear adds the vocab mask inside the matmul
+            logits = F.linear(x, self.transformer.wte.weight, self.vocab_mask.to(x.dtype))  # (B, T, padded_vocab)
+        else:  # generation samples from the last position only; lm_head may be a PackedLinear (see generate.py)
+            logits = self.lm_head(x[:, -1:])
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits[..., :self.config.vocab_size], loss  # padded ids are never predicted
+
+    def hidden_states(self, idx, start_pos=None):
+        """idx (B, T) long -> the final LayerNorm's output (B, T, n_embd): everything but the head.
+
+        Scoring (gptcore/eval) applies the head only at the positions it needs, instead of to all T.
+        """
         B, T = idx.size()
         offset = start_pos or 0
         if offset + T > self.config.block_size:
@@ -220,16 +236,7 @@ class GPT(nn.Module):
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for block in self.transformer.h:
             x = block(x, start_pos)
-        x = self.transformer.ln_f(x)
-        if start_pos is None:
-            # the head is the tied token embedding; F.linear adds the vocab mask inside the matmul
-            logits = F.linear(x, self.transformer.wte.weight, self.vocab_mask.to(x.dtype))  # (B, T, padded_vocab)
-        else:  # generation samples from the last position only; lm_head may be a PackedLinear (see generate.py)
-            logits = self.lm_head(x[:, -1:])
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits[..., :self.config.vocab_size], loss  # padded ids are never predicted
+        return self.transformer.ln_f(x)
 
     # ---- generation support ----
 
