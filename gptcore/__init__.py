@@ -3,7 +3,7 @@
 from .errors import GPTCoreError
 from .model import GPT, GPTConfig
 from .tokenizer import CharTokenizer, get_tokenizer, tokenizer_from_description
-from .trainer import Trainer, TrainConfig
+from .train import Trainer, TrainConfig, TrainerConfig
 
 __all__ = ["GPT", "GPTConfig", "GPTCoreError", "CharTokenizer", "get_tokenizer", "tokenizer_from_description",
-           "Trainer", "TrainConfig"]
+           "Trainer", "TrainConfig", "TrainerConfig"]
