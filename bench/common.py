@@ -1,5 +1,6 @@
 """What every benchmark records beside its numbers: the machine, the commit, and where results go."""
 
+import argparse
 import datetime
 import os
 import platform
@@ -9,6 +10,17 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "RESULTS.md")
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts (rounds, steps): an integer >= 1, else argparse's one-line usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; give an integer >= 1")
+    return value
 
 
 def cpu_model() -> str:
