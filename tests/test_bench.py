@@ -3,6 +3,7 @@ get argparse's one-line error, and a kernel the CPU lacks is skipped with one li
 
 import glob
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -19,30 +20,61 @@ def digest(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def run(*args):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+# Runs each (script, *args) as `python script args` would, one after the other in one process (one torch import
+# for all), and prints [exit status, stdout, stderr] for each as JSON.
+RUNNER = """
+import contextlib, io, json, runpy, sys
+results = []
+for script, *args in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    sys.argv = [script, *args]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(script, run_name="__main__")
+            status = 0
+        except SystemExit as e:
+            status = e.code
+    results.append([status, out.getvalue(), err.getvalue()])
+print(json.dumps(results))
+"""
+
+BAD_COUNTS = [("bench_matvec.py", "--rounds", "0"), ("bench_prepare.py", "--rounds", "-2"),
+              ("bench_train.py", "--steps", "x")]
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=os.path.basename)
-def test_help_runs_nothing_and_offers_no_save(script):
+@pytest.fixture(scope="module")
+def runs():
+    """{(script name, *args): (status, stdout, stderr)} for every script's --help and the bad counts, and whether
+    RESULTS.md was left as it was."""
+    cases = [(script, "--help") for script in SCRIPTS]
+    cases += [(os.path.join(ROOT, "bench", name), flag, value) for name, flag, value in BAD_COUNTS]
     before = digest(RESULTS)
-    result = run(script, "--help")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("usage:")
-    assert "--no-save" in result.stdout
-    assert digest(RESULTS) == before, f"{os.path.basename(script)} --help wrote to bench/RESULTS.md"
+    r = subprocess.run([sys.executable, "-c", RUNNER, json.dumps(cases)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    results = json.loads(r.stdout.strip().splitlines()[-1])
+    return {(os.path.basename(case[0]), *case[1:]): tuple(result) for case, result in zip(cases, results)}, \
+        digest(RESULTS) == before
 
 
-@pytest.mark.parametrize("script, flag, value", [("bench_matvec.py", "--rounds", "0"),
-                                                 ("bench_prepare.py", "--rounds", "-2"),
-                                                 ("bench_train.py", "--steps", "x")])
-def test_bad_counts_are_one_usage_error(script, flag, value):
-    before = digest(RESULTS)
-    result = run(os.path.join("bench", script), flag, value)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(f"{script}: error: argument {flag}")
-    assert digest(RESULTS) == before
+def test_no_script_writes_results_when_asked_for_help_or_given_bad_flags(runs):
+    assert runs[1], "a bench script wrote to bench/RESULTS.md on --help or bad flags"
+
+
+@pytest.mark.parametrize("script", [os.path.basename(s) for s in SCRIPTS])
+def test_help_runs_nothing_and_offers_no_save(script, runs):
+    status, out, err = runs[0][(script, "--help")]
+    assert status == 0, err
+    assert out.startswith("usage:")
+    assert "--no-save" in out
+
+
+@pytest.mark.parametrize("script, flag, value", BAD_COUNTS)
+def test_bad_counts_are_one_usage_error(script, flag, value, runs):
+    status, _, err = runs[0][(script, flag, value)]
+    assert status == 2
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"{script}: error: argument {flag}")
 
 
 def test_a_kernel_this_cpu_lacks_is_skipped_with_one_line(capsys):
