@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = "".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(300))
@@ -44,3 +45,13 @@ def test_prepare_missing_path_says_it_does_not_exist(elsewhere):
     line = one_error_line(script("data/prepare.py", "--dataset", "/nonexistent.txt", cwd=elsewhere))
     assert line == "error: --dataset /nonexistent.txt: no such file or folder (a relative path is relative to the " \
                    f"working directory, {elsewhere})"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["-m", "0"], "error: -m/--max-tokens must be an integer >= 1, got 0"),
+    (["--device", "cuda:99" if torch.cuda.is_available() else "cuda"], "error: device 'cuda"),
+    (["--seed", str(2**64)], "error: seed must be an integer in [0, 2**63)"),
+])
+def test_sample_mistakes_are_one_line(elsewhere, args, expected):
+    line = one_error_line(script("sample.py", *args, cwd=elsewhere))
+    assert line.startswith(expected), line

@@ -8,8 +8,8 @@ valid settings with wrong types, negatives, zeros, huge numbers, NaN/inf, empty 
 that don't exist or are folders where a file belongs.
 """
 
-import importlib.util
 import io
+import runpy
 import sys
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -30,21 +30,16 @@ def fuzz(max_examples: int) -> settings:
                                            HealthCheck.function_scoped_fixture])
 
 
-def load_script(relative: str):
-    """A root-level script as a module (scripts are not a package), so its main(argv) can run in this process."""
-    path = ROOT / relative
-    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def run_entry(main, argv: list[str], script: str) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of main(argv), the way `python SCRIPT ARGV` would end."""
+def run_entry(script: str, argv: list[str]) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `python SCRIPT ARGV`, run in this process: the script's own __main__ block,
+    its error handling included. An exception that escapes it is a traceback: it propagates and fails the test."""
     out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err), patch.object(sys, "argv", [script, *argv]):
+    path = str(ROOT / script)
+    with redirect_stdout(out), redirect_stderr(err), patch.object(sys, "argv", [path, *argv]), \
+            patch.object(sys, "path", list(sys.path)):  # prepare.py puts the repository on sys.path
         try:
-            status = main(argv)
+            runpy.run_path(path, run_name="__main__")
+            status = 0
         except SystemExit as e:
             status = e.code
     if status is None:
@@ -144,21 +139,16 @@ def prepare_flags(corpus: Path, out: Path) -> tuple[dict, dict]:
     return good, bad
 
 
-@pytest.fixture(scope="module")
-def prepare_script():
-    return load_script("data/prepare.py")
-
-
 @fuzz(max_examples=60)
 @given(data=st.data())
-def test_prepare_runs_or_says_what_is_wrong(data, corpus, prepare_script, tmp_path_factory):
+def test_prepare_runs_or_says_what_is_wrong(data, corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("prepared") / "out"
     argv = draw_argv(data, *prepare_flags(corpus, out))
     if "--from" in argv and "shakespeare" not in argv:
         argv += ["--dataset", "shakespeare"]  # --from belongs to shakespeare; never download: always --from here
     before = files_under(corpus)
 
-    status, stdout, err = run_entry(prepare_script.main, argv, prepare_script.__file__)
+    status, stdout, err = run_entry("data/prepare.py", argv)
 
     assert files_under(corpus) == before, f"{argv} changed the input folder"
     event(f"exit status {status}")  # --hypothesis-show-statistics: how many examples ran and how many were refused
@@ -175,8 +165,90 @@ def test_prepare_runs_or_says_what_is_wrong(data, corpus, prepare_script, tmp_pa
     (["--dataset", "no-such-name"], "error: unknown dataset 'no-such-name': known names are pystdlib"),
     (["--workers", "0"], "error: --workers must be at least 1"),
 ])
-def test_prepare_names_the_problem(argv, expected, prepare_script, tmp_path):
-    status, _, err = run_entry(prepare_script.main, [*argv, "--out-dir", str(tmp_path / "out")],
-                              prepare_script.__file__)
+def test_prepare_names_the_problem(argv, expected, tmp_path):
+    status, _, err = run_entry("data/prepare.py", [*argv, "--out-dir", str(tmp_path / "out")])
     assert status == 2 and err.strip().startswith(expected), err
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------------- sample.py
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A tiny char-level checkpoint, a run folder of them, a random-weights Hugging Face folder, and wrong files."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from gptcore.checkpoint import checkpoint_path, model_checkpoint, save_checkpoint
+    from gptcore.model import GPT, GPTConfig
+    from gptcore.tokenizer import CharTokenizer
+
+    base = tmp_path_factory.mktemp("models")
+    tok = CharTokenizer.from_text("abcdefghij klmnop\n")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=tok.n_vocab))
+    save_checkpoint(str(base / "tiny.pt"), model_checkpoint(model, tok, 7))
+    for step in (1, 2):
+        save_checkpoint(checkpoint_path(str(base / "run"), step), model_checkpoint(model, tok, step))
+    data = (base / "tiny.pt").read_bytes()
+    (base / "truncated.pt").write_bytes(data[: len(data) // 2])
+    (base / "metrics.jsonl").write_text('{"step": 1, "loss": 3.2}\n')
+    (base / "no_checkpoints").mkdir()
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=16)).save_pretrained(base / "hf")
+    return base
+
+
+def sample_flags(models: Path) -> tuple[dict, dict]:
+    m = str(models)
+    good = {
+        "--checkpoint": valid(f"{m}/tiny.pt", f"{m}/tiny.pt", f"{m}/run"),
+        "-p": valid(OMIT, "abc", "ab\ncd", "<|endoftext|>ab") | ANY_TEXT,
+        "-m": valid("1", "5", "20", OMIT),
+        "--temperature": valid("0", "0.8", "1.5", OMIT),
+        "--top-k": valid("1", "3", "1000", OMIT),
+        "--top-p": valid("0.5", "1", OMIT),
+        "--num-samples": valid("1", "3", OMIT),
+        "--seed": valid("0", "42", OMIT),
+        "--device": valid("cpu", OMIT),
+        "--dtype": valid("auto", "float32", "bfloat16", OMIT),
+        "--quantize": valid("int8", OMIT, OMIT),
+        "--stream": valid(True, OMIT),
+        "--no-stop": valid(True, OMIT),
+    }
+    # -m has no huge bad value: a billion tokens is a valid, merely long, request
+    small_bad = st.sampled_from(["0", "-1", "-3", "nan", "inf", "", "abc", "1.5", "0x10", "--", " "])
+    bad = {
+        "--checkpoint": st.sampled_from([f"{m}/truncated.pt", f"{m}/metrics.jsonl", f"{m}/no_checkpoints",
+                                         f"{m}/missing.pt", f"{m}/hf", ""]),
+        "--pretrained": st.sampled_from([f"{m}/hf", f"{m}/no_checkpoints", f"{m}/missing", f"{m}/tiny.pt", ""]),
+        "-m": small_bad,
+        "--temperature": BAD_NUMBERS,
+        "--top-k": BAD_NUMBERS,
+        "--top-p": BAD_NUMBERS | st.sampled_from(["1.5", "1.0000001"]),
+        "--num-samples": BAD_NUMBERS,
+        "--seed": BAD_NUMBERS | st.sampled_from([str(2**64), str(-2**63 - 1)]),
+        "--device": st.sampled_from(["cuda", "cuda:1", "mps", "tpu", "", "cpu:x"]) | ANY_TEXT,
+        "--dtype": st.sampled_from(["float64", "", "fp16", "half"]),
+        "--quantize": st.sampled_from(["int4", "", "INT8"]),
+        "--no-such-flag": ANY_TEXT | st.just(True),
+    }
+    return good, bad
+
+
+@fuzz(max_examples=60)
+@given(data=st.data())
+def test_sample_runs_or_says_what_is_wrong(data, models, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a name that is no folder must not reach for the network
+    argv = draw_argv(data, *sample_flags(models))
+    if "--pretrained" in argv:  # --checkpoint and --pretrained exclude each other: keep the pair only sometimes
+        i = argv.index("--checkpoint")
+        if data.draw(st.booleans(), label="drop --checkpoint"):
+            del argv[i:i + 2]
+    before = files_under(models)
+
+    status, stdout, err = run_entry("sample.py", argv)
+
+    assert files_under(models) == before, f"{argv} wrote beside the models"
+    event(f"exit status {status}")
+    if status != 0:
+        assert_clear_failure(status, err, "sample.py", argv)
