@@ -15,7 +15,7 @@ import sys
 import torch
 
 from gptcore.checkpoint import CKPT_PATTERN, latest_checkpoint, load_checkpoint, model_from_checkpoint
-from gptcore.device import default_device
+from gptcore.device import check_device, default_device
 from gptcore.errors import GPTCoreError
 from gptcore.infer import Generator, Request
 from gptcore.infer.engine import EOT, QUANTIZE
@@ -25,6 +25,7 @@ from gptcore.tokenizer import get_tokenizer
 
 COMMITTED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoint")
 SEPARATOR = "-" * 15
+MAX_SAMPLES = 1024  # every sample is decoded in one batch, with a KV cache each
 
 
 def parse_args(argv=None):
@@ -56,8 +57,11 @@ def parse_args(argv=None):
         check_sampling(args.temperature, args.top_k, args.top_p, args.max_tokens, args.seed)
     except GPTCoreError as e:
         raise GPTCoreError(str(e).replace("max_new_tokens", "-m/--max-tokens")) from None
-    if args.num_samples < 1:
-        raise GPTCoreError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if not 1 <= args.num_samples <= MAX_SAMPLES:
+        raise GPTCoreError(f"--num-samples must be in [1, {MAX_SAMPLES}] (they decode as one batch), "
+                           f"got {args.num_samples}")
+    if args.device is not None:
+        check_device(args.device)
     return args
 
 

@@ -21,7 +21,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench.common import report  # noqa: E402
+from bench.common import positive_int, report  # noqa: E402
 from gptcore.infer.cpu_kernels import PackedLinear  # noqa: E402
 from gptcore.model import GPTConfig  # noqa: E402
 
@@ -33,59 +33,88 @@ def decode_shapes(config: GPTConfig) -> list[tuple[int, int]]:
 
 
 def kernels(shapes):
-    """name -> (bytes of weights streamed per step, a function that runs the step's products once)."""
+    """name -> (bytes of weights streamed per step, a setup function that returns the step's products as a function).
+
+    Set-up is deferred so that a kernel this CPU or torch build lacks (oneDNN's fp16 needs AVX512-FP16 or
+    AVX-NE-CONVERT; FBGEMM needs AVX2) fails alone, in runnable(), instead of taking the whole table down.
+    """
     gen = torch.Generator().manual_seed(0)
     fp32 = [torch.randn(o, i, generator=gen) * 0.02 for o, i in shapes]
     x32 = {i: torch.randn(1, i, generator=gen) for _, i in shapes}
-    x16 = {i: x.bfloat16() for i, x in x32.items()}
-    xh = {i: x.half() for i, x in x32.items()}
     nbytes = sum(w.numel() for w in fp32)  # one byte per weight; scaled by the element size below
 
+    def inputs(dtype):
+        return {i: x.to(dtype) for i, x in x32.items()}
+
     def packed(dtype):
-        mods = []
+        xs, mods = inputs(dtype), []
         for w in fp32:
             linear = nn.Linear(w.size(1), w.size(0), bias=False, dtype=dtype)
             linear.weight.data.copy_(w)
             mods.append(PackedLinear(linear))
-        return mods
+        return lambda: [m(xs[m.in_features]) for m in mods]
 
-    by_in_out = [w.t().contiguous() for w in fp32]  # transformers' Conv1D keeps weights as (in, out)
-    bf16 = [w.bfloat16() for w in fp32]
-    packed_bf16, packed_fp16 = packed(torch.bfloat16), packed(torch.float16)
-    fbgemm_fp16 = [torch.ops.quantized.linear_prepack_fp16(w, None) for w in fp32]
-    int8 = [torch.randint(-127, 128, w.shape, dtype=torch.int8, generator=gen) for w in fp32]
-    scales = [torch.rand(w.size(0), generator=gen).bfloat16() for w in fp32]
-    ceiling = torch.ones(nbytes // 2)  # float32: 4 bytes each, as many bytes as the bf16 weights
+    def transformers_layout():
+        by_in_out = [w.t().contiguous() for w in fp32]  # transformers' Conv1D keeps weights as (in, out)
+        return lambda: [x32[w.size(0)] @ w for w in by_in_out]
+
+    def bf16_linear():
+        xs, bf16 = inputs(torch.bfloat16), [w.bfloat16() for w in fp32]
+        return lambda: [F.linear(xs[w.size(1)], w) for w in bf16]
+
+    def fbgemm_fp16():
+        prepacked = [torch.ops.quantized.linear_prepack_fp16(w, None) for w in fp32]
+        return lambda: [torch.ops.quantized.linear_dynamic_fp16(x32[w.size(1)], p) for w, p in zip(fp32, prepacked)]
+
+    def int8_weights():
+        xs = inputs(torch.bfloat16)
+        int8 = [torch.randint(-127, 128, w.shape, dtype=torch.int8, generator=gen) for w in fp32]
+        scales = [torch.rand(w.size(0), generator=gen).bfloat16() for w in fp32]
+        return lambda: [torch._weight_int8pack_mm(xs[w.size(1)], w, s) for w, s in zip(int8, scales)]
+
+    def streaming_ceiling():
+        ceiling = torch.ones(nbytes // 2)  # float32: 4 bytes each, as many bytes as the bf16 weights
+        return lambda: ceiling.sum()
 
     return {
-        "float32, x @ W with W (in, out): transformers' layout (MKL)":
-            (4 * nbytes, lambda: [x32[w.size(0)] @ w for w in by_in_out]),
-        "float32, F.linear (MKL)": (4 * nbytes, lambda: [F.linear(x32[w.size(1)], w) for w in fp32]),
-        "bfloat16, F.linear (oneDNN, repacks the weight every call)":
-            (2 * nbytes, lambda: [F.linear(x16[w.size(1)], w) for w in bf16]),
-        "bfloat16, packed once (oneDNN): gptcore's PackedLinear":
-            (2 * nbytes, lambda: [m(x16[m.in_features]) for m in packed_bf16]),
-        "float16, packed once (oneDNN)": (2 * nbytes, lambda: [m(xh[m.in_features]) for m in packed_fp16]),
-        "float16 weights, float32 activations (FBGEMM)":
-            (2 * nbytes, lambda: [torch.ops.quantized.linear_dynamic_fp16(x32[w.size(1)], p)
-                                  for w, p in zip(fp32, fbgemm_fp16)]),
-        "int8 weights, bfloat16 activations (_weight_int8pack_mm; lossy)":
-            (nbytes, lambda: [torch._weight_int8pack_mm(x16[w.size(1)], w, s) for w, s in zip(int8, scales)]),
-        "ceiling: sum over as many bytes as the bf16 weights": (2 * nbytes, lambda: ceiling.sum()),
+        "float32, x @ W with W (in, out): transformers' layout (MKL)": (4 * nbytes, transformers_layout),
+        "float32, F.linear (MKL)": (4 * nbytes, lambda: lambda: [F.linear(x32[w.size(1)], w) for w in fp32]),
+        "bfloat16, F.linear (oneDNN, repacks the weight every call)": (2 * nbytes, bf16_linear),
+        "bfloat16, packed once (oneDNN): gptcore's PackedLinear": (2 * nbytes, lambda: packed(torch.bfloat16)),
+        "float16, packed once (oneDNN)": (2 * nbytes, lambda: packed(torch.float16)),
+        "float16 weights, float32 activations (FBGEMM)": (2 * nbytes, fbgemm_fp16),
+        "int8 weights, bfloat16 activations (_weight_int8pack_mm; lossy)": (nbytes, int8_weights),
+        "ceiling: sum over as many bytes as the bf16 weights": (2 * nbytes, streaming_ceiling),
     }
+
+
+def runnable(kernels: dict) -> dict:
+    """name -> (bytes, run) for the kernels that set up and run once here (the warm-up: thread pools, oneDNN
+    primitives). One that raises is left out with one line saying why: a dtype this CPU can't compute in is
+    a fact about the machine, not a failed benchmark."""
+    runs = {}
+    for name, (nbytes, setup) in kernels.items():
+        try:
+            run = setup()
+            run()
+        except (RuntimeError, NotImplementedError) as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            print(f"skipped {name}: not supported on this CPU or torch build ({reason})", flush=True)
+            continue
+        runs[name] = (nbytes, run)
+    return runs
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=7, help="timed runs of each kernel, interleaved")
+    parser.add_argument("--rounds", type=positive_int, default=7, help="timed runs of each kernel, interleaved")
     parser.add_argument("--no-save", action="store_true", help="print the table without appending to RESULTS.md")
     args = parser.parse_args()
     config = GPTConfig()
-    runs = kernels(decode_shapes(config))
-    times = {name: [] for name in runs}
     with torch.no_grad():
-        for _, run in runs.values():
-            run()  # warm-up: thread pools, oneDNN primitives
+        candidates = kernels(decode_shapes(config))
+        runs = runnable(candidates)
+        times = {name: [] for name in runs}
         for _ in range(args.rounds):
             for name, (_, run) in runs.items():
                 start = time.perf_counter()
@@ -101,6 +130,9 @@ def main():
     title = "bench_matvec.py: the matrix-vector products of one GPT-2 124M decode step, by kernel"
     details = [f"torch threads: {torch.get_num_threads()}; {args.rounds} interleaved rounds; "
                f"{len(decode_shapes(config))} products per step, {config.n_layer} blocks + the output head"]
+    skipped = [name for name in candidates if name not in runs]
+    if skipped:
+        details.append(f"not supported here, skipped: {'; '.join(skipped)}")
     report(title, details, table, save=not args.no_save)
 
 

@@ -10,7 +10,7 @@ Methods run interleaved for --rounds rounds, so a busy machine slows them alike;
 of wall time, and the CPU seconds each spent (a pool spends more in all, but spreads it over cores).
 Prints the table and appends it to bench/RESULTS.md.
 
-    python bench/bench_prepare.py [--rounds 5]
+    python bench/bench_prepare.py [--rounds 5] [--no-save]
 """
 
 import argparse
@@ -24,7 +24,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import report  # noqa: E402
+from bench.common import positive_int, report  # noqa: E402
 from gptcore import corpora  # noqa: E402
 from gptcore.tokenizer import get_tokenizer  # noqa: E402
 
@@ -37,7 +37,8 @@ def cpu_seconds() -> float:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=positive_int, default=5, help="interleaved rounds of every method")
+    p.add_argument("--no-save", action="store_true", help="print only; don't append to bench/RESULTS.md")
     args = p.parse_args()
 
     root, files = corpora.stdlib_files()
@@ -87,7 +88,7 @@ def main():
         f"Python {platform.python_version()}",
         f"corpus: {len(docs)} documents, {mb:.1f} MB, {tokens:,} GPT-2 tokens (end-of-text not counted)",
         f"{args.rounds} interleaved rounds; load average (1 min) {load_before[0]:.2f} before, "
-        f"{load_after[0]:.2f} after (other processes share these cores)"], table)
+        f"{load_after[0]:.2f} after (other processes share these cores)"], table, save=not args.no_save)
 
 
 if __name__ == "__main__":

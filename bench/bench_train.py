@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import report  # noqa: E402
+from bench.common import positive_int, report  # noqa: E402
 from gptcore import GPT, GPTConfig  # noqa: E402
 from gptcore.device import bf16_helps, default_device, measure_matmul_peak  # noqa: E402
 from gptcore.train.loop import configure_optimizer  # noqa: E402
@@ -69,7 +69,7 @@ def timed(step, x, y, device) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per side and config (after 1 warm-up)")
+    parser.add_argument("--steps", type=positive_int, default=5, help="timed steps per side and config (after 1 warm-up)")
     parser.add_argument("--device", default=default_device())
     parser.add_argument("--no-save", action="store_true", help="print only; don't append to bench/RESULTS.md")
     args = parser.parse_args()

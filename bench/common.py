@@ -1,25 +1,27 @@
 """What every benchmark records beside its numbers: the machine, the commit, and where results go."""
 
+import argparse
 import datetime
 import os
-import platform
 import subprocess
 
 import torch
+
+from gptcore.device import cpu_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "RESULTS.md")
 
 
-def cpu_model() -> str:
+def positive_int(text: str) -> int:
+    """argparse type for counts (rounds, steps): an integer >= 1, else argparse's one-line usage error."""
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; give an integer >= 1")
+    return value
 
 
 def git_commit() -> str:

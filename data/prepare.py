@@ -5,6 +5,9 @@
     python data/prepare.py --dataset my_texts/                # a folder of .txt/.jsonl files -> data/my_texts/
     python data/prepare.py --dataset fineweb-edu              # streamed from Hugging Face; rerun to resume
 
+Paths: a path given in a flag is relative to the working directory, as in any command; the default output
+folder, data/<name>/, is anchored to the repository (beside this script) wherever it is run from, and is where
+train.py's default --data looks.
 Sources, the val split and the shard format: gptcore/corpora.py and gptcore/data.py.
 """
 
@@ -31,7 +34,7 @@ def main(argv=None) -> int:
                         "or glob) with a field 'text' for fineweb-edu and openwebtext")
     p.add_argument("--tokenizer", default=corpora.DEFAULT_TOKENIZER, choices=corpora.TOKENIZERS,
                    help="gpt2 (tiktoken) or char (the corpus's characters; local corpora only)")
-    p.add_argument("--out-dir", help="where the shards go (default data/<name>/ beside this script, data/<name>-char/ for --tokenizer char)")
+    p.add_argument("--out-dir", help="where the shards go (default data/<name>/ in the repository, data/<name>-char/ for --tokenizer char)")
     p.add_argument("--val-fraction", type=float, default=corpora.DEFAULT_VAL_FRACTION,
                    help="share of tokens that go to val, for local corpora (streamed ones use their first shard)")
     p.add_argument("--shard-tokens", type=int, default=corpora.DEFAULT_SHARD_TOKENS, help="tokens per shard")
@@ -41,7 +44,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     # char-level data gets its own folder (as nanoGPT's shakespeare_char), so both tokenizations can coexist
     name = corpora.dataset_name(args.dataset) + ("-char" if args.tokenizer == "char" else "")
-    out_dir = args.out_dir or os.path.join(DATA_ROOT, name)
+    out_dir = os.path.join(DATA_ROOT, name) if args.out_dir is None else args.out_dir
     start = time.perf_counter()
     try:
         meta, worked = corpora.prepare(args.dataset, out_dir=out_dir, source_file=args.source_file,
@@ -49,6 +52,10 @@ def main(argv=None) -> int:
                                        shard_tokens=args.shard_tokens, workers=args.workers)
     except GPTCoreError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path that is a folder where a file should be, unreadable, or a full disk
+        print(f"error: {e.filename or 'a file'}: {e.strerror or e}; check the paths given to --dataset, "
+              "--from and --out-dir", file=sys.stderr)
         return 2
     summary = (f"{meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens "
                f"({meta['tokenizer']['type']}, vocab {meta['vocab_size']:,}, {meta['documents']:,} documents) "

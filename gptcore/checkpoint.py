@@ -12,6 +12,7 @@ and train_config. Sampling needs only the first four; the committed checkpoint/ 
 import glob
 import os
 import re
+import shutil
 from dataclasses import asdict
 
 import torch
@@ -34,8 +35,16 @@ def clean_state_dict(state: dict) -> dict:
 
 
 def save_checkpoint(path: str, ckpt: dict):
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+    """Writes ckpt to path atomically: a write that fails (the disk full) leaves whatever path held before."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(ckpt, tmp)
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as a RuntimeError
+        folder = os.path.dirname(os.path.abspath(path))
+        free = shutil.disk_usage(folder).free if os.path.isdir(folder) else 0
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else "the write failed"  # torch's text is noise
+        raise GPTCoreError(f"could not write checkpoint {path} ({reason}; {free / 1e6:,.0f} MB free in {folder}): "
+                           "free some space or pick another --out-dir; earlier checkpoints are intact") from None
 
 
 def list_checkpoints(out_dir: str) -> list[str]:
@@ -58,20 +67,46 @@ def prune_checkpoints(out_dir: str, keep: int):
         os.remove(path)
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive; anything else is not a checkpoint
+
+
 def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """Reads a checkpoint file, or the newest one in a folder. Errors are one line saying what to do."""
+    """Reads a checkpoint file, or the newest one in a folder. Errors are one line saying what to do.
+
+    A file that is not a torch.save archive at all (a metrics.jsonl, say) is called that; only a damaged file in
+    a run's folder, where an older checkpoint can take its place, comes with the advice to delete it.
+    """
     file = latest_checkpoint(path)
     if file is None:
         raise GPTCoreError(f"no checkpoint at {path}: give a .pt file or a folder with {CKPT_PATTERN} files")
     try:
+        with open(file, "rb") as f:
+            magic = f.read(len(ZIP_MAGIC))
+    except OSError as e:
+        raise GPTCoreError(f"cannot read {file}: {e.strerror}") from None
+    # a ckpt_*.pt that train.py named is a damaged checkpoint (below); another file is not a checkpoint at all
+    if magic != ZIP_MAGIC and not re.fullmatch(r"ckpt_\d+\.pt", os.path.basename(file)):
+        raise GPTCoreError(f"{file} is not a checkpoint (not a file torch.save wrote): give a .pt file that "
+                           f"train.py wrote, or a run's out dir with {CKPT_PATTERN} files")
+    try:
         ckpt = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as e:
         raise GPTCoreError(f"checkpoint {file} is corrupt or truncated ({type(e).__name__}); "
-                           "delete it to fall back to the previous one") from None
-    missing = [k for k in ("model", "model_config", "tokenizer", "step") if k not in ckpt]
+                           f"{_recovery_hint(file)}") from None
+    missing = [k for k in ("model", "model_config", "tokenizer", "step") if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
-        raise GPTCoreError(f"checkpoint {file} lacks {', '.join(missing)}; it was not written by gptcore")
+        raise GPTCoreError(f"{file} is not a gptcore checkpoint (it lacks {', '.join(missing)}): give a .pt file "
+                           "that train.py wrote, or load other weights with --pretrained / GPT.from_pretrained")
     return ckpt
+
+
+def _recovery_hint(file: str) -> str:
+    """What to do about a damaged checkpoint: fall back to an older one of the same run if there is one."""
+    name = os.path.basename(file)
+    older = [p for p in list_checkpoints(os.path.dirname(os.path.abspath(file))) if os.path.basename(p) < name]
+    if re.fullmatch(r"ckpt_\d+\.pt", name) and older:
+        return f"delete or move it away to fall back to {os.path.basename(older[-1])}, the run's previous checkpoint"
+    return "it cannot be used: re-export it, or retrain"
 
 
 def model_checkpoint(model: GPT, tokenizer, step: int) -> dict:

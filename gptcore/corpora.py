@@ -356,7 +356,6 @@ def prepare_local(docs: list[str], *, name: str, source: str, input_hash: str, o
     Val is the last val_fraction of the tokens, after the documents are shuffled with SPLIT_SEED.
     """
     tok = make_tokenizer(tokenizer, docs)
-    _clear(out_dir)
     order = np.random.default_rng(SPLIT_SEED).permutation(len(docs))
     pieces = []
     with token_bar() as bar:
@@ -368,6 +367,7 @@ def prepare_local(docs: list[str], *, name: str, source: str, input_hash: str, o
     if not 0 < n_val < len(tokens):
         raise GPTCoreError(f"a val fraction of {val_fraction} of {len(tokens)} tokens leaves an empty split: "
                            "pick --val-fraction strictly between 0 and 1 (default 0.1), or use a larger corpus")
+    _clear(out_dir)  # only now: a corpus that fails a check above leaves what out_dir held untouched
     meta = _meta(name, source, input_hash, local_options(tokenizer, val_fraction, shard_tokens), tok, len(docs),
                  train_shards=_write_split(out_dir, "train", tokens[:-n_val], shard_tokens),
                  val_shards=_write_split(out_dir, "val", tokens[-n_val:], shard_tokens),
@@ -465,6 +465,12 @@ def streamed_files(path: str) -> tuple[str, list[str]]:
     return kinds.pop(), files
 
 
+def _looks_like_path(dataset: str) -> bool:
+    """Whether a --dataset value that names nothing was meant as a path rather than a dataset name."""
+    return ("/" in dataset or os.sep in dataset or dataset.startswith((".", "~"))
+            or dataset.endswith((".txt", ".jsonl", ".json", ".parquet")) or glob.has_magic(dataset))
+
+
 def prepare(dataset: str = DEFAULT_DATASET, *, out_dir: str, source_file: str | None = None,
             tokenizer: str = DEFAULT_TOKENIZER, val_fraction: float = DEFAULT_VAL_FRACTION,
             shard_tokens: int = DEFAULT_SHARD_TOKENS, workers: int | None = None) -> tuple[dict, bool]:
@@ -475,6 +481,12 @@ def prepare(dataset: str = DEFAULT_DATASET, *, out_dir: str, source_file: str | 
     .parquet files (a file, folder or glob) read through the same streaming code path as the download.
     """
     workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise GPTCoreError(f"--workers must be at least 1 (1: tokenize in this process), got {workers}")
+    if not out_dir:
+        raise GPTCoreError("--out-dir is empty: give a folder, or leave the flag out for data/<name>/")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise GPTCoreError(f"--out-dir {out_dir} is a file, not a folder: give a folder for the shards")
     if shard_tokens < 1:
         raise GPTCoreError(f"--shard-tokens must be at least 1, got {shard_tokens}")
     if not 0 < val_fraction < 1:
@@ -520,6 +532,9 @@ def prepare(dataset: str = DEFAULT_DATASET, *, out_dir: str, source_file: str | 
         source = f"{len(files)} local files at {os.path.abspath(dataset)}"
         input_hash = hash_files(files, root)
         read_docs = partial(read_local_documents, files)
+    elif _looks_like_path(dataset):
+        raise GPTCoreError(f"--dataset {dataset}: no such file or folder (a relative path is relative to the "
+                           f"working directory, {os.getcwd()})")
     else:
         raise GPTCoreError(f"unknown dataset {dataset!r}: known names are {', '.join(KNOWN_DATASETS)}; "
                            "or give the path of a text file, or a folder or glob of .txt/.jsonl files")

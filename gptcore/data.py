@@ -108,6 +108,15 @@ def _read_span(path: str, start: int, count: int) -> np.ndarray:
     return tokens
 
 
+def _stamp(path: str) -> tuple[int, int]:
+    """(size, modification time in ns) of a file, or (-1, -1) if it is gone."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return -1, -1
+    return st.st_size, st.st_mtime_ns
+
+
 def write_meta(data_dir: str, meta: dict):
     """Writes meta.json atomically; prepare writes it last, so its presence means the dataset is complete."""
     write_json(os.path.join(data_dir, META_FILE), meta, indent=1)
@@ -160,8 +169,12 @@ class ShardLoader(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.seed, self.shuffle = seed, shuffle
         self.input_hash = meta["input_hash"]
+        self.vocab_size = meta["vocab_size"]
         self.files = [os.path.join(data_dir, name) for name in meta[f"{split}_shards"]]
         counts = [shard_token_count(f) for f in self.files]
+        # what each shard was when its header was checked: a later change (a re-run of prepare.py, a truncation)
+        # is caught by one stat per chunk rather than a header read
+        self._stamps = [_stamp(f) for f in self.files]
         self.chunks_per_shard = [max(0, (n - 1) // block_size) for n in counts]
         self.chunks_per_epoch = sum(self.chunks_per_shard)
         if self.chunks_per_epoch == 0:
@@ -200,8 +213,16 @@ class ShardLoader(IterableDataset):
         k = int(np.searchsorted(starts, position, side="right")) - 1
         shard = order[k]
         chunk = self._chunk_index(epoch, shard, position - int(starts[k]))
-        # __init__ checked every shard's header; a chunk read needs only the raw read
-        return _read_span(self.files[shard], chunk * self.block_size, self.block_size + 1)
+        # __init__ checked every shard's header; a chunk read needs only the raw read, if the file is unchanged
+        path = self.files[shard]
+        if _stamp(path) != self._stamps[shard]:
+            raise GPTCoreError(f"shard {path} changed while this run was reading it (its size or modification time "
+                               "is not what it was at the start): re-run `python data/prepare.py` with the same "
+                               "options, then train.py again; it resumes from the last checkpoint")
+        tokens = _read_span(path, chunk * self.block_size, self.block_size + 1)
+        if int(tokens.max()) >= self.vocab_size:
+            raise _corrupt(path, f"token id {int(tokens.max())} is outside the vocabulary of {self.vocab_size}")
+        return tokens
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """x, y: int64 (batch_size, block_size) on the CPU; y[b, t] is the token after x[b, t]."""

@@ -1,11 +1,18 @@
 """Which device to run on, which precision helps there, and that device's peak FLOP/s for MFU."""
 
+import datetime
 import functools
+import json
+import os
+import platform
 import statistics
 import time
 
 import torch
 from torch.nn import functional as F
+
+from .errors import GPTCoreError
+from .fileio import write_json
 
 # bf16 dense peak FLOP/s (no sparsity), by a substring of torch.cuda.get_device_name()
 GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12, "4090": 165e12, "3090": 71e12}
@@ -106,15 +113,95 @@ def peak_flops(device: str) -> float | None:
     return next((flops for key, flops in GPU_PEAK_BF16.items() if key in name), None)
 
 
-def measure_matmul_peak(device: str, dtype=torch.float32, n: int = 2048, seconds: float = 0.5) -> float:
-    """FLOP/s of a large square matmul here and now: the practical ceiling MFU is measured against on CPUs."""
+def measure_matmul_peak(device: str, dtype=torch.float32, n: int = 2048, seconds: float = 0.5,
+                        repeats: int = 7) -> float:
+    """FLOP/s of a large square matmul here and now: the practical ceiling MFU is measured against on CPUs.
+
+    After a warm-up, `repeats` timings of about seconds/repeats each; the median, so one busy moment (another
+    process, a frequency change) moves the result little.
+    """
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b  # warm-up: thread pools, kernels selection
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        count += 1
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-    return 2 * n**3 * count / (time.perf_counter() - start)
+    for _ in range(2):
+        a @ b  # warm-up: thread pools, kernel selection, caches
+    rates = []
+    for _ in range(repeats):
+        count, start = 0, time.perf_counter()
+        while count == 0 or time.perf_counter() - start < seconds / repeats:
+            a @ b
+            count += 1
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize()
+        rates.append(2 * n**3 * count / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it (else platform's answer)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def matmul_peak_cache_path() -> str:
+    """Where CPU matmul ceilings are kept: $GPTCORE_CACHE, else $XDG_CACHE_HOME/gptcore, else ~/.cache/gptcore."""
+    root = os.environ.get("GPTCORE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "gptcore")
+    return os.path.join(root, "matmul_peak.json")
+
+
+def cpu_matmul_peak(dtype=torch.float32) -> tuple[float, str]:
+    """(FLOP/s, where it came from) of the CPU matmul ceiling for dtype, measured once per CPU model, dtype, thread
+    count and torch version, then read from matmul_peak_cache_path().
+
+    A ceiling timed afresh at every start-up moves with whatever else the machine is doing, and MFU with it (two
+    runs at the same speed logged 90% and 33%). Kept, it is the same number for every run on this machine, so MFU
+    compares runs; delete the file to measure again.
+    """
+    key = f"{cpu_model()} | {str(dtype).removeprefix('torch.')} | {torch.get_num_threads()} threads | " \
+          f"torch {torch.__version__}"
+    path = matmul_peak_cache_path()
+    try:
+        with open(path) as f:
+            cache = json.load(f)
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    entry = cache.get(key)
+    if isinstance(entry, dict) and isinstance(entry.get("flops"), (int, float)) and entry["flops"] > 0:
+        return float(entry["flops"]), f"measured {entry.get('date', 'earlier')}, kept in {path}"
+    flops = measure_matmul_peak("cpu", dtype, n=1024, seconds=1.5)  # 1024: a CPU's ceiling, at 1/8 of 2048's time
+    cache[key] = {"flops": flops, "date": datetime.date.today().isoformat()}
+    try:
+        write_json(path, cache, indent=1)
+    except OSError:  # a read-only home: the number is still right for this run
+        return flops, "measured now (not kept: cannot write " + path + ")"
+    return flops, f"measured now, kept in {path}"
+
+
+def check_device(device: str) -> str:
+    """The device name as given, if torch knows it and this machine has it; else a GPTCoreError saying what to use."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise GPTCoreError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps "
+                           f"(or leave it out for the best available, here {default_device()})") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise GPTCoreError(f"device {device!r}, but this machine has no CUDA GPU that torch {torch.__version__} "
+                               "can use: use --device cpu, or leave --device out for the best available")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise GPTCoreError(f"device {device!r}, but this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                               f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif d.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise GPTCoreError(f"device {device!r}, but MPS (Apple GPUs) is not available here: use --device cpu")
+    elif d.type != "cpu":
+        raise GPTCoreError(f"device {device!r} is not supported: use cpu, cuda, cuda:N or mps")
+    return device

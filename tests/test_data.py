@@ -317,8 +317,8 @@ def make_unique_dataset(folder: Path, train_sizes: list[int], val_sizes=(50,)) -
             shards[split].append(f"{split}_{i:06d}.bin")
             if split == "train":
                 arrays.append(tokens)
-    write_meta(str(folder), {"format_version": 1, "input_hash": "synthetic", "train_shards": shards["train"],
-                             "val_shards": shards["val"]})
+    write_meta(str(folder), {"format_version": 1, "input_hash": "synthetic", "vocab_size": 65536,
+                             "train_shards": shards["train"], "val_shards": shards["val"]})
     return arrays
 
 

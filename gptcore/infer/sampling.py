@@ -16,7 +16,7 @@ def _is_int(value) -> bool:
 def check_sampling(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                    max_new_tokens: int | None = None, seed: int | None = None):
     """Raises GPTCoreError, one line naming the setting, unless temperature >= 0 (0 means greedy), top_k >= 1,
-    0 < top_p <= 1, max_new_tokens >= 1 (when given) and seed is an integer (when given)."""
+    0 < top_p <= 1, max_new_tokens >= 1 (when given) and seed is an integer in [0, 2**63) (when given)."""
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
             or temperature < 0:
         raise GPTCoreError(f"temperature must be a number >= 0 (0 means greedy), got {temperature!r}")
@@ -26,8 +26,8 @@ def check_sampling(temperature: float = 1.0, top_k: int | None = None, top_p: fl
         raise GPTCoreError(f"top_p must be in (0, 1] (leave it unset for no nucleus filtering), got {top_p!r}")
     if max_new_tokens is not None and (not _is_int(max_new_tokens) or max_new_tokens < 1):
         raise GPTCoreError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    if seed is not None and not _is_int(seed):
-        raise GPTCoreError(f"seed must be an integer, got {seed!r}")
+    if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**63):
+        raise GPTCoreError(f"seed must be an integer in [0, 2**63), got {seed!r}")  # what torch's generators take
 
 
 def next_token_probs(logits, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None):
