@@ -12,6 +12,7 @@ and train_config. Sampling needs only the first four; the committed checkpoint/ 
 import glob
 import os
 import re
+import sys
 from dataclasses import asdict
 
 import torch
@@ -19,7 +20,7 @@ import torch
 from .errors import GPTCoreError
 from .fileio import atomic_path
 from .model import GPT, GPTConfig
-from .tokenizer import tokenizer_from_description
+from .tokenizer import get_tokenizer, tokenizer_from_description
 
 CKPT_PATTERN = "ckpt_*.pt"
 
@@ -98,3 +99,26 @@ def model_from_checkpoint(ckpt: dict) -> tuple[GPT, object]:
     model.load_state_dict(ckpt["model"])
     model.eval()
     return model, tokenizer_from_description(ckpt["tokenizer"])
+
+
+def committed_checkpoint(folder: str) -> str | None:
+    """The newest training checkpoint in folder, else its last .pt file by name, else None."""
+    if not os.path.isdir(folder):
+        return None
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".pt"))
+    return latest_checkpoint(folder) or (os.path.join(folder, files[-1]) if files else None)
+
+
+def load_model(checkpoint: str | None = None, pretrained: str | None = None, default_dir: str | None = None):
+    """(model, tokenizer, source) for sample.py and serve.py, from the first that is given or found:
+    pretrained (OpenAI's GPT-2 in the Hugging Face format: a folder or a name online), checkpoint (a .pt file or
+    an out dir), the newest checkpoint in default_dir, or else an untrained GPT-2 124M, which says so on stderr.
+    source is the pretrained name, the checkpoint path, or None for the untrained model."""
+    if pretrained:
+        return GPT.from_pretrained(pretrained), get_tokenizer("gpt2"), pretrained
+    path = checkpoint or committed_checkpoint(default_dir or "")
+    if path is None:
+        print(f"note: no checkpoint in {default_dir} ({CKPT_PATTERN} or any .pt); using an untrained GPT-2 124M, "
+              "so expect gibberish (use --checkpoint or --pretrained)", file=sys.stderr)
+        return GPT(GPTConfig()), get_tokenizer("gpt2"), None
+    return (*model_from_checkpoint(load_checkpoint(path)), path)
