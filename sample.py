@@ -4,7 +4,8 @@ By default the model is the committed checkpoint in checkpoint/*.pt (next to thi
 untrained GPT-2 124M, which says so on stderr. --checkpoint takes one of our .pt files or a training out dir
 (its newest checkpoint); --pretrained takes OpenAI's GPT-2 in the Hugging Face format (a folder, or a name online).
 The prompt is encoded with the model's own tokenizer; without one, sampling starts from <|endoftext|>.
-Generation stops at <|endoftext|> unless --no-stop is given.
+Generation stops at <|endoftext|> unless --no-stop is given. --num-samples are drawn together, in one batch (sample i
+with seed --seed + i); the first streams, and each next one prints as soon as the one before it has ended.
 """
 
 import argparse
@@ -16,7 +17,9 @@ import torch
 from gptcore.checkpoint import CKPT_PATTERN, latest_checkpoint, load_checkpoint, model_from_checkpoint
 from gptcore.device import default_device
 from gptcore.errors import GPTCoreError
-from gptcore.generate import check_sampling, decode_stream, generate_tokens, prepare_for_generation
+from gptcore.infer import Generator, Request
+from gptcore.infer.engine import EOT, QUANTIZE
+from gptcore.infer.sampling import check_sampling
 from gptcore.model import GPT, GPTConfig
 from gptcore.tokenizer import get_tokenizer
 
@@ -33,11 +36,14 @@ def parse_args(argv=None):
     parser.add_argument("--top-k", type=int, default=200, help="sample among the k most likely tokens (default: 200)")
     parser.add_argument("--top-p", type=float, default=None,
                         help="sample within the nucleus of this probability, in (0, 1] (default: off)")
-    parser.add_argument("--num-samples", type=int, default=1, help="samples to draw, one after the other (default: 1)")
+    parser.add_argument("--num-samples", type=int, default=1, help="samples to draw, in one batch (default: 1)")
     parser.add_argument("--seed", type=int, default=None, help="makes sampling (and an untrained model) reproducible")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
-    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-                        help="auto: bfloat16 on GPUs and CPUs with native bf16 (faster), else float32")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                        help="auto: the fastest of float32 and bfloat16 here, measured once (bfloat16 on GPUs)")
+    parser.add_argument("--quantize", choices=QUANTIZE, default=None,
+                        help="int8: weight-only int8 (per-channel scales), about half the bytes of bfloat16 to read "
+                             "per token; slightly lossy (default: off)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", metavar="PATH",
                         help="a gptcore .pt file, or an out dir (its newest checkpoint)")
@@ -46,9 +52,10 @@ def parse_args(argv=None):
                         help="print tokens as they come (default: on when stdout is a terminal)")
     parser.add_argument("--no-stop", action="store_true", help="don't stop at <|endoftext|>; always generate -m tokens")
     args = parser.parse_args(argv)
-    check_sampling(args.temperature, args.top_k, args.top_p)
-    if args.max_tokens < 0:
-        raise GPTCoreError(f"-m/--max-tokens must be >= 0, got {args.max_tokens}")
+    try:
+        check_sampling(args.temperature, args.top_k, args.top_p, args.max_tokens, args.seed)
+    except GPTCoreError as e:
+        raise GPTCoreError(str(e).replace("max_new_tokens", "-m/--max-tokens")) from None
     if args.num_samples < 1:
         raise GPTCoreError(f"--num-samples must be >= 1, got {args.num_samples}")
     return args
@@ -65,13 +72,16 @@ def committed_checkpoint() -> str | None:
 def load_model(args):
     """(model, tokenizer) from --checkpoint, --pretrained, checkpoint/*.pt, or else an untrained GPT-2 124M."""
     if args.pretrained:
+        print(f"sampling from {args.pretrained} (Hugging Face GPT-2)", file=sys.stderr)
         return GPT.from_pretrained(args.pretrained), get_tokenizer("gpt2")
     path = args.checkpoint or committed_checkpoint()
     if path is None:
         print(f"note: no checkpoint in {COMMITTED_DIR} ({CKPT_PATTERN} or any .pt); sampling from an untrained "
               "GPT-2 124M, so expect gibberish (use --checkpoint or --pretrained)", file=sys.stderr)
         return GPT(GPTConfig()), get_tokenizer("gpt2")
-    return model_from_checkpoint(load_checkpoint(path))
+    ckpt = load_checkpoint(path)
+    print(f"sampling from {path}" + (f" (step {ckpt['step']})" if "step" in ckpt else ""), file=sys.stderr)
+    return model_from_checkpoint(ckpt)
 
 
 def main(argv=None):
@@ -80,31 +90,40 @@ def main(argv=None):
         torch.manual_seed(args.seed)  # an untrained model's weights
     device = args.device or default_device()
     model, tokenizer = load_model(args)
-    model = prepare_for_generation(model, device, None if args.dtype == "auto" else getattr(torch, args.dtype))
+    model = model.to(device).requires_grad_(False)  # for inference only: the engine needn't watch for training
+    dtype = None if args.dtype == "auto" else args.dtype
+    engine = Generator(model, tokenizer, dtype=dtype, quantize=args.quantize)
     prompt = tokenizer.encode(args.prompt, allow_special=True) if args.prompt else [tokenizer.eot_token]
     block_size = model.config.block_size
     if len(prompt) > block_size:
         print(f"warning: the prompt has {len(prompt)} tokens, more than the model's context of {block_size}; "
               f"only its last {block_size} are seen", file=sys.stderr)
-    idx = torch.tensor([prompt], dtype=torch.long, device=device)
-    stop = None if args.no_stop else tokenizer.eot_token
     stream = sys.stdout.isatty() if args.stream is None else args.stream
-    if args.seed is not None:
-        torch.manual_seed(args.seed)  # again: the samples don't depend on how the model was loaded
+    requests = [Request(prompt, args.max_tokens, args.temperature, args.top_k, args.top_p,
+                        do_sample=args.temperature > 0, seed=None if args.seed is None else args.seed + n,
+                        stop_token=None if args.no_stop else EOT) for n in range(args.num_samples)]
 
-    for n in range(args.num_samples):
-        if n:
-            print(SEPARATOR)
-        tokens = generate_tokens(model, idx, args.max_tokens, args.temperature, args.top_k, args.top_p,
-                                 stop_token=stop)
-        ids = (i for i in map(int, tokens) if i != stop)  # the stop token itself is not printed
-        sys.stdout.write(args.prompt)
-        for piece in decode_stream(tokenizer, ids):
-            sys.stdout.write(piece)
-            if stream:
-                sys.stdout.flush()
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+    # every sample is decoded in the same batch; sample n prints once samples 0..n-1 have, the current one as it comes
+    pieces = [[] for _ in requests]
+    done = [False] * len(requests)
+    shown = 0
+    sys.stdout.write(args.prompt)
+    for events in engine.run(requests):
+        for e in events:
+            pieces[e.index].append(e.text)
+            done[e.index] = e.finish_reason is not None
+        while shown < len(requests):
+            sys.stdout.write("".join(pieces[shown]))
+            pieces[shown] = []
+            if not done[shown]:
+                break
+            sys.stdout.write("\n")
+            shown += 1
+            if shown < len(requests):
+                sys.stdout.write(SEPARATOR + "\n" + args.prompt)
+        if stream:
+            sys.stdout.flush()
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

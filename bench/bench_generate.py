@@ -26,18 +26,26 @@ import torch  # noqa: E402
 
 from bench.common import report  # noqa: E402
 from gptcore.device import generation_dtype  # noqa: E402
-from gptcore.generate import generate_tokens, prepare_for_generation  # noqa: E402
+from gptcore.infer import Generator, Request  # noqa: E402
 from gptcore.model import GPT, GPTConfig  # noqa: E402
 
 PROMPT_TOKENS, NEW_TOKENS = 16, 128
 
 
-def time_ours(model, idx, use_cache):
+def time_ours(engine, idx, use_cache):
     """(seconds to the first new token, seconds for all, the new ids)."""
     start = time.perf_counter()
     first, ids = None, []
-    for token in generate_tokens(model, idx, NEW_TOKENS, temperature=0, use_cache=use_cache):
-        ids.append(int(token))
+    if not use_cache:  # the reference: the whole context recomputed at every step
+        seq = idx
+        with torch.no_grad():
+            for _ in range(NEW_TOKENS):
+                seq = torch.cat([seq, engine.model(seq)[0][:, -1].argmax(-1, keepdim=True)], dim=1)
+                ids.append(int(seq[0, -1]))
+                first = first or time.perf_counter() - start
+        return first, time.perf_counter() - start, ids
+    for events in engine.run([Request(idx[0].tolist(), NEW_TOKENS, do_sample=False, stop_token=None)]):
+        ids.append(events[0].token)
         first = first or time.perf_counter() - start
     return first, time.perf_counter() - start, ids
 
@@ -88,17 +96,17 @@ def main():
     hf.generation_config.pad_token_id = 0
     hf_bf16 = copy.deepcopy(hf).to(torch.bfloat16)
     default_dtype = generation_dtype("cpu")
-    ours_default = prepare_for_generation(copy.deepcopy(ours), "cpu", default_dtype)
+    ours_default = Generator(ours, dtype=default_dtype)
     idx = torch.randint(0, 50257, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(0))
     dtype_name = str(default_dtype).removeprefix("torch.")
 
     methods = [  # (name, run, repeated every round)
         (f"gptcore, KV cache, {dtype_name} (sample.py's default here)", lambda: time_ours(ours_default, idx, True),
          True),
-        ("gptcore, KV cache, float32", lambda: time_ours(ours, idx, True), True),
+        ("gptcore, KV cache, float32", lambda: time_ours(Generator(ours, dtype="float32"), idx, True), True),
         ("transformers generate(use_cache=True), float32", lambda: time_hf(hf, idx, True), True),
         ("transformers generate(use_cache=True), bfloat16", lambda: time_hf(hf_bf16, idx, True), True),
-        ("gptcore, no cache (full recompute), float32", lambda: time_ours(ours, idx, False), False),
+        ("gptcore, no cache (full recompute), float32", lambda: time_ours(ours_default, idx, False), False),
         ("transformers generate(use_cache=False), float32", lambda: time_hf(hf, idx, False), False),
     ]
     load_before = os.getloadavg()[0]

@@ -22,7 +22,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench.common import report  # noqa: E402
-from gptcore.generate import PackedLinear  # noqa: E402
+from gptcore.infer.cpu_kernels import PackedLinear  # noqa: E402
 from gptcore.model import GPTConfig  # noqa: E402
 
 

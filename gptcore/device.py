@@ -19,28 +19,38 @@ def default_device() -> str:
     return "cpu"
 
 
-def mkldnn_bf16() -> bool:
-    """Whether torch can run bf16 matmuls through oneDNN on this CPU (AVX512 or newer; not necessarily native bf16)."""
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
 @functools.cache
 def cpu_bf16_is_faster() -> bool:
     """Whether bf16 matmuls clearly beat fp32 on this CPU, measured once (about 0.4 s).
 
-    Flags don't tell: with AMX, bf16 runs ~2.6x faster than fp32; with AVX512-BF16 alone it can run slower.
-    The two are timed in alternation, five times each, and compared by median, so a busy moment can't flip it.
+    Flags don't tell: with AMX, bf16 runs ~2.6x faster than fp32; with AVX512-BF16 alone it can run slower, and
+    without oneDNN it is emulated. The two are timed in alternation, five times each, and compared by median.
     """
-    if not mkldnn_bf16():
+    if not torch.backends.mkldnn.is_available():
         return False
     x, w = torch.randn(512, 768), torch.randn(3072, 768)
     xb, wb = x.bfloat16(), w.bfloat16()
-    F.linear(x, w), F.linear(xb, wb)  # warm-up: kernel selection, thread pool
-    fp32, bf16 = [], []
-    for _ in range(5):
-        fp32.append(_seconds(F.linear, x, w))
-        bf16.append(_seconds(F.linear, xb, wb))
-    return statistics.median(bf16) < 0.8 * statistics.median(fp32)
+    return fastest({"fp32": (F.linear, x, w), "bf16": (F.linear, xb, wb)}, margin=0.8) == "bf16"
+
+
+def fastest(candidates: dict, margin: float = 1.0, rounds: int = 5):
+    """The name of the fastest of candidates {name: (fn, *args)}, timed in alternation.
+
+    The first candidate is the baseline. Each round times every candidate once, seconds apart, so they share the
+    machine's state; a candidate's speed is the median over rounds of its time over the baseline's in that round,
+    which a busy moment barely moves. Another candidate wins only if that ratio is below margin.
+    """
+    for fn, *args in candidates.values():
+        fn(*args)  # warm-up: kernel selection, thread pool
+    ratios = {name: [] for name in candidates}
+    for _ in range(rounds):
+        times = {name: _seconds(fn, *args) for name, (fn, *args) in candidates.items()}
+        baseline = next(iter(times.values()))
+        for name, t in times.items():
+            ratios[name].append(t / baseline)
+    medians = {name: statistics.median(r) for name, r in ratios.items()}
+    best = min(medians, key=medians.get)
+    return best if medians[best] < margin else next(iter(candidates))
 
 
 def _seconds(fn, *args, calls: int = 4) -> float:
@@ -58,19 +68,34 @@ def bf16_helps(device: str) -> bool:
     return kind == "cpu" and cpu_bf16_is_faster()
 
 
-def generation_dtype(device) -> torch.dtype:
-    """bf16 on GPUs that support it and on CPUs with native bf16 dot products (AVX512-BF16 or AMX); else fp32.
+_GENERATION_DTYPES = {}
 
-    Unlike training (bf16_helps), decoding is memory-bound, not compute-bound: every weight is read once per token,
-    so half the bytes is up to twice the speed even where bf16 matmuls compute no faster than fp32.
+
+def generation_dtype(device, linear_for=None) -> torch.dtype:
+    """The weight dtype that decodes fastest on device, without quantizing: bf16 on GPUs that support it; on CPUs,
+    whichever of fp32 and bf16 runs a decode step's matrix-vector products faster, measured once (about 0.3 s).
+
+    Decoding is memory-bound: every weight is read once per token, so half the bytes can be up to twice the speed,
+    but only with a kernel that streams bf16 weights well (on CPUs, weights packed once for oneDNN; a plain bf16
+    matmul repacks them on every call and runs slower than fp32). linear_for(weight) -> a function of x is how
+    the caller runs a linear layer in a dtype (gptcore.infer.cpu_kernels.linear_for); by default F.linear.
     """
     kind = torch.device(device).type
     if kind == "cuda":
         return torch.bfloat16 if bf16_helps(device) else torch.float32
-    native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    if kind == "cpu" and mkldnn_bf16() and native_bf16:
-        return torch.bfloat16
-    return torch.float32
+    if kind != "cpu":
+        return torch.float32
+    if kind not in _GENERATION_DTYPES:
+        linear_for = linear_for or (lambda w: lambda x: F.linear(x, w))
+        gen = torch.Generator().manual_seed(0)
+        shapes = [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * 2  # two GPT-2 124M blocks' products
+        candidates = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            layers = [(linear_for(torch.randn(o, i, generator=gen).to(dtype)), torch.randn(1, i).to(dtype))
+                      for o, i in shapes]
+            candidates[dtype] = (lambda layers=layers: [f(x) for f, x in layers],)
+        _GENERATION_DTYPES[kind] = fastest(candidates, margin=0.9)
+    return _GENERATION_DTYPES[kind]
 
 
 def peak_flops(device: str) -> float | None:

@@ -53,23 +53,6 @@ class GPTConfig:
         return cls(**{"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, **overrides})
 
 
-class KVCache(nn.Module):
-    """Preallocated keys and values of one attention layer, (B, n_head, max_len, head_dim) each."""
-
-    def __init__(self, batch_size, n_head, max_len, head_dim, dtype, device):
-        super().__init__()
-        shape = (batch_size, n_head, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-
-    def update(self, start: int, k, v):
-        """Writes k, v (B, nh, T, hs) at positions start..start+T-1; returns everything up to there."""
-        end = start + k.size(2)
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -80,20 +63,17 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.RESIDUAL_PROJECTION = True
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.kv_cache = None  # set by GPT.setup_kv_cache for generation
 
-    def forward(self, x, start_pos=None):
-        """(B, T, C) -> (B, T, C). With start_pos, x sits at positions start_pos.. and uses the KV cache."""
+    def forward(self, x, cache=None):
+        """(B, T, C) -> (B, T, C). cache: this layer's view of a generation KV cache (gptcore/infer/cache.py)."""
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        if start_pos is None:
+        if cache is None:
             # flash attention on GPU; the causal mask is never materialized
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
         else:
-            k, v = self.kv_cache.update(start_pos, k, v)
-            # query i (at start_pos + i) sees keys 0..start_pos + i; a single new token sees them all
-            mask = None if T == 1 else torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(start_pos)
+            k, v, mask = cache.update(k, v)  # every key and value of these sequences so far; mask (B, 1, T, L)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -122,8 +102,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, start_pos=None):
-        x = x + self.attn(self.ln_1(x), start_pos)
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln_1(x), cache)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -158,55 +138,60 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, targets=None, start_pos=None):
+    def forward(self, idx, targets=None, cache=None):
         """idx (B, T) long -> logits (B, T, vocab_size), and the mean cross-entropy over targets != -1.
 
-        start_pos: generation only; idx continues a sequence whose first start_pos tokens are in the KV cache,
-        and the logits are those of the last position only, (B, 1, vocab_size).
+        cache: generation only, a KV cache the caller owns (gptcore/infer/cache.py): the tokens sit at
+        cache.positions (B, T), attention also sees the keys cached before them, and the logits are those of one
+        column per row, cache.last: (B, 1, vocab_size).
         """
         B, T = idx.size()
-        offset = start_pos or 0
-        if offset + T > self.config.block_size:
-            raise GPTCoreError(f"sequence of length {offset + T} is longer than block_size={self.config.block_size}; "
-                               f"crop the input to the last {self.config.block_size} tokens")
-        # decode steps (start_pos > 0) feed back tokens the model itself sampled: no check, no sync per token
-        if not start_pos and not torch.compiler.is_compiling() and idx.numel() and \
-                not 0 <= int(idx.min()) <= int(idx.max()) < self.config.vocab_size:
-            raise GPTCoreError(f"token ids must lie in [0, {self.config.vocab_size}), got {int(idx.min())}..{int(idx.max())}")
-        pos = torch.arange(offset, offset + T, dtype=torch.long, device=idx.device)
+        if cache is None:
+            if T > self.config.block_size:
+                raise GPTCoreError(f"sequence of length {T} is longer than block_size={self.config.block_size}; "
+                                   f"crop the input to the last {self.config.block_size} tokens")
+            if not torch.compiler.is_compiling() and idx.numel() and \
+                    not 0 <= int(idx.min()) <= int(idx.max()) < self.config.vocab_size:
+                raise GPTCoreError(f"token ids must lie in [0, {self.config.vocab_size}), "
+                                   f"got {int(idx.min())}..{int(idx.max())}")
+            pos = torch.arange(T, dtype=torch.long, device=idx.device)
+        else:  # the generation engine checked the ids and positions once, on the host: no sync per token
+            pos = cache.positions
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        for block in self.transformer.h:
-            x = block(x, start_pos)
-        x = self.transformer.ln_f(x)
-        if start_pos is None:
+        layers = cache.layers if cache is not None else [None] * len(self.transformer.h)
+        for block, layer_cache in zip(self.transformer.h, layers):
+            x = block(x, layer_cache)
+        if cache is None:
+            x = self.transformer.ln_f(x)
             # the head is the tied token embedding; F.linear adds the vocab mask inside the matmul
             logits = F.linear(x, self.transformer.wte.weight, self.vocab_mask.to(x.dtype))  # (B, T, padded_vocab)
-        else:  # generation samples from the last position only; lm_head may be a PackedLinear (see generate.py)
-            logits = self.lm_head(x[:, -1:])
+        else:  # one column per row; lm_head may be a packed or int8 layer in the engine's inference copy
+            x = x[torch.arange(B, device=x.device), cache.last][:, None]  # (B, 1, C)
+            logits = self.lm_head(self.transformer.ln_f(x))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits[..., :self.config.vocab_size], loss  # padded ids are never predicted
 
-    # ---- generation support ----
-
-    def setup_kv_cache(self, batch_size: int, dtype=None, device=None):
-        """Preallocates one KV cache per layer for up to block_size positions."""
-        p = self.transformer.wte.weight
-        for block in self.transformer.h:
-            block.attn.kv_cache = KVCache(batch_size, self.config.n_head, self.config.block_size,
-                                          self.config.n_embd // self.config.n_head,
-                                          dtype or p.dtype, device or p.device)
-
-    def clear_kv_cache(self):
-        for block in self.transformer.h:
-            block.attn.kv_cache = None
+    # ---- generation (gptcore/infer/engine.py) ----
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k=None, top_p=None, **kwargs):
-        """(B, T) prompt ids -> (B, T + max_new_tokens) ids, through the KV cache; see gptcore/generate.py."""
-        from .generate import generate
-        return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, **kwargs)
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, do_sample: bool = False, top_k=None,
+                 top_p=None, stop_token: int | None = None, seed: int | None = None,
+                 generator: torch.Generator | None = None, dtype=None):
+        """(B, T) prompt ids -> (B, T + max_new_tokens) ids, as minGPT: greedy unless do_sample.
+
+        Runs on the device's fastest generation path with no preparation: a gptcore.infer.Generator kept for this
+        model, whose weights (in dtype; default: the fastest exact one here, see device.generation_dtype) are
+        rebuilt whenever this model's parameters have changed since the last call, so a model in training never
+        samples from stale weights. temperature 0 is greedy too. stop_token: rows stop at this id and are padded
+        with it once stopped; the batch stops when every row has. seed or generator make sampling reproducible.
+        Past block_size, the context restarts from its last block_size // 2 tokens.
+        """
+        from .infer.engine import generator_for
+        engine = generator_for(self, dtype)
+        return engine.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                               do_sample=do_sample, stop_token=stop_token, seed=seed, generator=generator)
 
     # ---- accounting ----
 

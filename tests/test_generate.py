@@ -1,5 +1,8 @@
-"""Generation against independent references: a full recompute written here, transformers' GPT-2 for greedy tokens,
-and sampling distributions computed in float64 with numpy."""
+"""model.generate and the sampling maths against independent references: a full recompute written here,
+transformers' GPT-2 for greedy tokens, and sampling distributions computed in float64 with numpy.
+The engine's own features (requests, streaming, stop strings, int8) are in tests/test_infer.py."""
+
+import copy
 
 import numpy as np
 import pytest
@@ -7,9 +10,8 @@ import torch
 import transformers
 
 from gptcore import GPT, GPTConfig, GPTCoreError
-from gptcore.device import mkldnn_bf16
-from gptcore.generate import (PackedLinear, decode_stream, generate, generate_tokens, next_token_probs,
-                              prepare_for_generation, sample_next_token)
+from gptcore.infer.sampling import next_token_probs, sample_next_token
+from gptcore.infer.text import decode_stream
 from gptcore.tokenizer import CharTokenizer, get_tokenizer
 
 
@@ -22,6 +24,13 @@ def tiny_model(dtype=torch.float32, block_size=16, vocab_size=64, seed=0):
             if p.dim() > 1:
                 p.normal_(0, 0.3)
     return model.to(dtype).eval()
+
+
+def generate(model, idx, n, temperature=1.0, **kwargs):
+    """model.generate in the model's own dtype (the default may be faster and lossy, e.g. bf16); temperature 0 is
+    greedy, anything else samples."""
+    dtype = next(model.parameters()).dtype
+    return model.generate(idx, n, temperature=temperature, do_sample=temperature > 0, dtype=dtype, **kwargs)
 
 
 @torch.no_grad()
@@ -45,9 +54,7 @@ def test_greedy_with_cache_equals_full_recompute_past_block_size():
     n = 60  # block_size 16: the window restarts 7 times
     want = reference_greedy(model, idx, n)
     assert len(set(want[0, 5:].tolist())) > 10  # a varied continuation, so a wrong context would show
-    cached = generate(model, idx, n, temperature=0)
-    assert torch.equal(cached, want)
-    assert torch.equal(generate(model, idx, n, temperature=0, use_cache=False), want)
+    assert torch.equal(generate(model, idx, n, temperature=0), want)
 
 
 def test_prompt_longer_than_block_size_keeps_its_last_block_size_tokens():
@@ -59,13 +66,28 @@ def test_prompt_longer_than_block_size_keeps_its_last_block_size_tokens():
     assert torch.equal(out[:, 40:], generate(model, idx[:, -16:], 30, temperature=0)[:, 16:])
 
 
+@torch.no_grad()
+def reference_sample(model, idx, n, temperature, top_k, top_p, generator):
+    """Sampling by full recompute, one draw per row per step, in row order (as the engine draws)."""
+    block = model.config.block_size
+    seq, start = idx, 0
+    for _ in range(n):
+        if seq.size(1) - start > block:
+            start = seq.size(1) - block // 2
+        logits = model(seq[:, start:])[0][:, -1]
+        nxt = torch.cat([sample_next_token(logits[i:i + 1], temperature, top_k, top_p, generator)
+                         for i in range(len(seq))])
+        seq = torch.cat([seq, nxt[:, None]], dim=1)
+    return seq
+
+
 def test_sampled_tokens_with_cache_equal_full_recompute():
     # float64: the two paths' logits differ by ~1e-16, so the same seeded draws pick the same tokens
     model = tiny_model(torch.float64)
     idx = torch.randint(0, 64, (2, 3), generator=torch.Generator().manual_seed(3))
     kw = dict(temperature=1.3, top_k=40, top_p=0.95)
     a = generate(model, idx, 50, **kw, generator=torch.Generator().manual_seed(7))
-    b = generate(model, idx, 50, **kw, use_cache=False, generator=torch.Generator().manual_seed(7))
+    b = reference_sample(model, idx, 50, **kw, generator=torch.Generator().manual_seed(7))
     c = generate(model, idx, 50, **kw, generator=torch.Generator().manual_seed(8))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
@@ -97,9 +119,27 @@ def test_model_generate_delegates_and_restores_state():
     out = model.generate(idx, 12, temperature=0)
     assert torch.equal(out, reference_greedy(model.eval(), idx, 12))
     model.train()
-    model.generate(idx, 3, temperature=0.5, top_k=5, top_p=0.9, stop_token=None)
+    model.generate(idx, 3, temperature=0.5, do_sample=True, top_k=5, top_p=0.9, stop_token=None, dtype="float32")
     assert model.training
-    assert all(block.attn.kv_cache is None for block in model.transformer.h)
+
+
+def test_model_generate_never_uses_stale_weights():
+    # the trainer samples between optimizer steps: each call must see the weights as they are now, whatever the
+    # generation dtype (a converted copy is rebuilt when a parameter changes in place)
+    model = tiny_model()
+    idx = torch.randint(0, 64, (2, 4), generator=torch.Generator().manual_seed(6))
+    opt = model.configure_optimizer(weight_decay=0.1, learning_rate=0.5)
+    for dtype in ("float32", "bfloat16"):
+        before = model.generate(idx, 12, dtype=dtype)
+        loss = model(idx, idx)[1]
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        after = model.generate(idx, 12, dtype=dtype)
+        assert not torch.equal(before, after)
+        fresh = copy.deepcopy(model)  # nothing cached for this one
+        assert torch.equal(after, fresh.generate(idx, 12, dtype=dtype))
+        model.eval()
 
 
 def test_stop_token_ends_each_row_and_pads_finished_ones():
@@ -121,7 +161,6 @@ def test_zero_new_tokens_returns_the_prompt():
     idx = torch.tensor([[1, 2, 3]])
     out = generate(model, idx, 0)
     assert torch.equal(out, idx) and out is not idx
-    assert list(generate_tokens(model, idx, 0)) == []
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -135,18 +174,21 @@ def test_zero_new_tokens_returns_the_prompt():
     (dict(top_p=-0.2), "top_p"),
     (dict(stop_token=64), "stop_token"),
     (dict(max_new_tokens=-1), "max_new_tokens"),
+    (dict(max_new_tokens=2.0), "max_new_tokens"),
+    (dict(dtype="int4"), "dtype"),
 ])
-def test_bad_arguments_raise_one_line_errors_before_any_step(kwargs, message):
+def test_bad_arguments_raise_one_line_errors(kwargs, message):
     model = tiny_model()
-    kwargs = {"max_new_tokens": 5, **kwargs}
+    kwargs = {"max_new_tokens": 5, "do_sample": True, **kwargs}
     with pytest.raises(GPTCoreError, match=message) as err:
-        generate_tokens(model, torch.tensor([[1, 2]]), **kwargs)  # no next(): checks run at the call
+        model.generate(torch.tensor([[1, 2]]), **kwargs)
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("idx", [torch.zeros(1, 0, dtype=torch.long), torch.tensor([1, 2]), torch.tensor([[1.0, 2.0]])])
+@pytest.mark.parametrize("idx", [torch.zeros(1, 0, dtype=torch.long), torch.tensor([1, 2]), torch.tensor([[1.0, 2.0]]),
+                                 torch.tensor([[1, 64]])])
 def test_bad_prompts_raise(idx):
-    with pytest.raises(GPTCoreError, match="idx|prompt"):
+    with pytest.raises(GPTCoreError, match="idx|ids"):
         generate(tiny_model(), idx, 3)
 
 
@@ -221,40 +263,3 @@ def test_decode_stream_char_tokenizer():
     tok = CharTokenizer("abc ")
     ids = tok.encode("ab c") + [tok.eot_token]
     assert "".join(decode_stream(tok, ids)) == "ab c<|endoftext|>"
-
-
-# ---- the CPU bf16 fast path ----
-
-needs_mkldnn_bf16 = pytest.mark.skipif(not mkldnn_bf16(), reason="PackedLinear needs oneDNN with bf16 on this CPU")
-
-
-@needs_mkldnn_bf16
-@pytest.mark.parametrize("bias", [True, False])
-def test_packed_linear_is_bit_identical_to_linear_in_bf16(bias):
-    torch.manual_seed(0)
-    linear = torch.nn.Linear(96, 200, bias=bias).to(torch.bfloat16)
-    packed = PackedLinear(linear)
-    for shape in [(1, 1, 96), (3, 7, 96), (5, 96)]:
-        x = torch.randn(shape, dtype=torch.bfloat16)
-        assert torch.equal(packed(x), linear(x))
-
-
-@needs_mkldnn_bf16
-def test_prepared_cpu_bf16_model_generates_like_the_plain_bf16_model():
-    plain = tiny_model(torch.bfloat16, block_size=24)
-    fast = prepare_for_generation(tiny_model(block_size=24), "cpu", torch.bfloat16)
-    assert isinstance(fast.lm_head, PackedLinear) and isinstance(fast.transformer.h[0].mlp.c_fc, PackedLinear)
-    assert fast.transformer.wte.weight.dtype == torch.bfloat16
-    idx = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(9))
-    with torch.no_grad():
-        assert torch.equal(fast(idx)[0], plain(idx)[0])
-    assert torch.equal(generate(fast, idx, 40, temperature=0), generate(plain, idx, 40, temperature=0))
-
-
-def test_prepare_for_generation_in_float32_changes_nothing_but_mode():
-    model = tiny_model().train()
-    idx = torch.randint(0, 64, (1, 6), generator=torch.Generator().manual_seed(10))
-    want = generate(model, idx, 10, temperature=0)
-    same = prepare_for_generation(model, "cpu", torch.float32)
-    assert same is model and not model.training and isinstance(model.lm_head, torch.nn.Linear)
-    assert torch.equal(generate(same, idx, 10, temperature=0), want)

@@ -12,7 +12,7 @@ import torch
 from gptcore import GPT, GPTConfig, GPTCoreError
 from gptcore.checkpoint import (checkpoint_path, export_model, load_checkpoint, model_checkpoint, model_from_checkpoint,
                                 save_checkpoint)
-from gptcore.generate import generate, prepare_for_generation
+from gptcore.infer import Generator
 from gptcore.tokenizer import CharTokenizer, get_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,13 +41,14 @@ def char_ckpt(tmp_path):
     return path, tiny_checkpoint(path, tok), tok
 
 
-def expected(model, tok, prompt, max_tokens, seed, stop=True, **sampling):
+def expected(model, tok, prompt, max_tokens, seed, stop=True, dtype="float32", quantize=None, **sampling):
     """What sample.py should print: the prompt, then the library's continuation up to <|endoftext|>."""
-    torch.manual_seed(seed)
     ids = tok.encode(prompt, allow_special=True) if prompt else [tok.eot_token]
     kw = {"temperature": 0.8, "top_k": 200, **sampling}
-    out = generate(model, torch.tensor([ids]), max_tokens, stop_token=tok.eot_token if stop else None, **kw)
-    new = out[0, len(ids):].tolist()
+    engine = Generator(model, dtype=dtype, quantize=quantize)
+    out = engine.generate([ids], max_tokens, do_sample=kw["temperature"] > 0, seed=seed,
+                          stop_token=tok.eot_token if stop else None, **kw)
+    new = out[0][len(ids):]
     if stop and tok.eot_token in new:
         new = new[:new.index(tok.eot_token)]
     return prompt + tok.decode(new) + "\n"
@@ -65,11 +66,19 @@ def test_checkpoint_file_matches_library(char_ckpt, capsys):
     assert out.out == expected(model, tok, "to be", 40, seed=3, stop=False)
 
 
-def test_default_dtype_is_what_the_library_prepares(char_ckpt, capsys):
+def test_default_dtype_is_the_engines_default(char_ckpt, capsys):
     path, model, tok = char_ckpt
     out = run_main(capsys, "--checkpoint", str(path), "-p", "the ", "-m", "30", "--seed", "4", "--top-p", "0.9")
-    fast = prepare_for_generation(model, "cpu")
-    assert out.out == expected(fast, tok, "the ", 30, seed=4, top_p=0.9)
+    assert out.out == expected(model, tok, "the ", 30, seed=4, top_p=0.9, dtype=None)
+    assert f"sampling from {path}" in out.err
+
+
+@pytest.mark.parametrize("flags, dtype, quantize", [(["--dtype", "bfloat16"], "bfloat16", None),
+                                                    (["--quantize", "int8", "--dtype", "float32"], "float32", "int8")])
+def test_dtype_and_quantize_flags_reach_the_engine(char_ckpt, capsys, flags, dtype, quantize):
+    path, model, tok = char_ckpt
+    out = run_main(capsys, "--checkpoint", str(path), "-p", "the ", "-m", "30", "--seed", "4", *flags)
+    assert out.out == expected(model, tok, "the ", 30, seed=4, dtype=dtype, quantize=quantize)
 
 
 def test_out_dir_uses_its_newest_checkpoint(tmp_path, capsys):
@@ -117,11 +126,6 @@ def test_empty_prompt_starts_from_endoftext(char_ckpt, capsys):
     assert out.out == expected(model, tok, "", 30, seed=2)
 
 
-def test_zero_max_tokens_prints_the_prompt_only(char_ckpt, capsys):
-    path, _, _ = char_ckpt
-    assert run_main(capsys, "--checkpoint", str(path), "-p", "hello there", "-m", "0").out == "hello there\n"
-
-
 def test_prompt_longer_than_context_warns_and_keeps_the_end(char_ckpt, capsys):
     path, model, tok = char_ckpt
     prompt = "the quick brown fox jumps over the lazy dog, " * 3  # 135 characters, context 32
@@ -133,11 +137,15 @@ def test_prompt_longer_than_context_warns_and_keeps_the_end(char_ckpt, capsys):
 
 
 def test_stream_and_no_stream_print_the_same(char_ckpt, capsys):
-    path, _, _ = char_ckpt
-    common = ["--checkpoint", str(path), "-p", "a", "-m", "30", "--seed", "6", "--num-samples", "3"]
+    path, model, tok = char_ckpt
+    common = ["--checkpoint", str(path), "-p", "a", "-m", "30", "--seed", "6", "--num-samples", "3", "--dtype",
+              "float32"]
     streamed = run_main(capsys, *common, "--stream").out
     assert streamed == run_main(capsys, *common, "--no-stream").out
-    assert streamed.count(sample.SEPARATOR + "\n") == 2
+    # sample i is drawn with seed 6 + i, whatever else is in the batch
+    want = [expected(model, tok, "a", 30, seed=6 + i) for i in range(3)]
+    assert streamed == (sample.SEPARATOR + "\n").join(want)
+    assert len(set(want)) == 3
 
 
 def test_gpt2_tokenizer_checkpoint_and_pretrained_folder(tmp_path, capsys):
@@ -162,6 +170,7 @@ def test_char_checkpoint_rejects_characters_it_does_not_know(char_ckpt):
 @pytest.mark.parametrize("flags, message", [
     (["--top-p", "0"], "top_p"), (["--top-p", "1.5"], "top_p"), (["--temperature", "-1"], "temperature"),
     (["--temperature", "nan"], "temperature"), (["--top-k", "0"], "top_k"), (["-m", "-3"], "max-tokens"),
+    (["-m", "0"], "max-tokens"),
     (["--num-samples", "0"], "num-samples"),
 ])
 def test_bad_sampling_flags_fail_before_loading_anything(flags, message, tmp_path):

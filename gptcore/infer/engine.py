@@ -1,0 +1,360 @@
+"""Text generation: the engine that owns a model's inference weights and KV cache, batches requests and streams text.
+
+The loop follows gpt-fast: a prompt goes through the model once (prefill), which fills its row of the cache the
+engine owns (gptcore/infer/cache.py); after that each step feeds only the newest token of every running request,
+in one batched forward, so no token recomputes the context before it. Prompts of different lengths share a batch:
+each row has its own positions, and a batched prefill right-pads the shorter prompts (their padding is masked).
+
+Context window. GPT-2's positions are learned and absolute, so cached keys cannot be shifted left once a sequence
+outgrows block_size. The policy, per row:
+  - a prompt longer than block_size keeps only its last block_size tokens as context;
+  - when the next token no longer fits, the context restarts from the last max(1, block_size // 2) tokens,
+    which are prefilled again. That is one prefill every block_size // 2 tokens, cheap amortized.
+Recomputing that same window from scratch at every step gives the same greedy tokens (tests/test_generate.py).
+
+Weights. The engine runs the model itself when it is already in the requested dtype and nothing needs packing;
+otherwise it keeps its own inference copy (converted to dtype, packed for oneDNN on CPUs, or int8), rebuilt
+whenever the model's parameters change, so it never samples from stale weights. The engine imports nothing from
+gptcore.model: it needs only model.config and forward(idx, cache=...).
+"""
+
+import copy
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..device import generation_dtype
+from ..errors import GPTCoreError
+from . import cpu_kernels
+from .cache import KVCache
+from .quantize import quantize_int8
+from .sampling import check_sampling, sample_next_token
+from .text import TextStream
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64}  # float64: for exact tests
+QUANTIZE = ("int8",)
+EOT = "eot"  # Request.stop_token's default: the tokenizer's <|endoftext|>, when there is a tokenizer
+
+
+@dataclass
+class Request:
+    """One prompt to continue; see Generator.run."""
+    ids: list[int]
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    do_sample: bool = True  # False: greedy (temperature, top_k, top_p ignored)
+    stop: Sequence[str] = ()  # stop strings (need a tokenizer); a matched one is not emitted
+    seed: int | None = None  # a torch.Generator of its own: same seed, same tokens, whatever else is in the batch
+    cancelled: bool = False  # may be set from another thread; the engine drops the request at its next step
+    stop_token: int | str | None = EOT  # an id that stops this request; EOT: the tokenizer's; None: no stop token
+
+
+@dataclass
+class Event:
+    """What one request produced in one step."""
+    index: int  # which request: its position in the list given to run
+    token: int | None  # the new token id (None on a final event that adds no token)
+    text: str  # new text; never splits a UTF-8 character; holds back what could still become a stop string
+    finish_reason: str | None  # None while running; then "stop" (stop token or string), "length" or "cancelled"
+
+
+def parse_dtype(dtype) -> torch.dtype | None:
+    """None, a torch.dtype among float32/bfloat16/float16/float64, or one of DTYPES' names -> a torch.dtype or None."""
+    if dtype is None or dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise GPTCoreError(f"dtype must be one of {', '.join(DTYPES)} (or the torch dtype), got {dtype!r}")
+
+
+def weights_version(model) -> tuple:
+    """Something that changes whenever a parameter is replaced, moved or modified in place.
+
+    In-place ops bump a tensor's ._version, but not all of them (fused AdamW's doesn't), so a model that may be
+    in training (some parameter requires grad) also gets a checksum of every parameter: one read of the weights,
+    about as long as one decode step.
+    """
+    params = list(model.parameters())
+    meta = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+    if not any(p.requires_grad for p in params):
+        return meta, None
+    with torch.no_grad():
+        return meta, torch.stack([p.sum(dtype=torch.float64) for p in params]).tolist()
+
+
+class _Row:
+    """A running request: its ids so far, the window that is its context, and how much of it is cached."""
+
+    def __init__(self, index: int, request: Request, row: int, block_size: int, stop_token, text: TextStream | None,
+                 generator):
+        self.index, self.request, self.row = index, request, row
+        self.ids = list(request.ids)
+        self.start = max(0, len(self.ids) - block_size)  # the context is ids[start:]
+        self.cached = 0  # ids[start:start + cached] are in the cache
+        self.new = 0
+        self.stop_token, self.text, self.generator = stop_token, text, generator
+        self.greedy = not request.do_sample or request.temperature == 0
+
+    def pending(self, block_size: int) -> list[int]:
+        """The ids to feed next: the whole window after a (re)start, else the newest token."""
+        if len(self.ids) - self.start > block_size:
+            self.start, self.cached = len(self.ids) - max(1, block_size // 2), 0
+        return self.ids[self.start + self.cached:]
+
+
+class Generator:
+    """Generates from a GPT-like model: batched requests, streaming, stop strings, seeds, int8.
+
+    model: anything with .config (block_size, vocab_size, n_layer, n_head, n_embd) and forward(idx, cache=...).
+    tokenizer: for text (stream, stop strings); optional for ids in, ids out.
+    dtype: float32, bfloat16 or float16 (or the torch dtype); default: the fastest exact one on the model's
+        device, measured (device.generation_dtype).
+    quantize: None, or "int8": weight-only int8 with per-output-channel scales, the output head included.
+    """
+
+    def __init__(self, model, tokenizer=None, dtype=None, quantize=None):
+        if quantize is not None and quantize not in QUANTIZE:
+            raise GPTCoreError(f"quantize must be None or one of {', '.join(QUANTIZE)}, got {quantize!r}")
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+        self.dtype = parse_dtype(dtype) or generation_dtype(self.device, cpu_kernels.linear_for)
+        self.quantize = quantize
+        self.block_size = model.config.block_size
+        self._model = model
+        self._runner, self._version = None, None
+        self._caches = []  # caches no run is using; a run takes one and gives it back
+
+    @property
+    def model(self):
+        return self._model() if isinstance(self._model, weakref.ref) else self._model
+
+    # ---- weights ----
+
+    def _inference_model(self):
+        """The module the steps run: the model itself when it needs no conversion, else a copy kept up to date."""
+        model = self.model
+        pack = self.device.type == "cpu" and cpu_kernels.packed_linear_works(self.dtype)
+        if not self.quantize and not pack and all(p.dtype == self.dtype for p in model.parameters()):
+            return model
+        version = weights_version(model)
+        if self._runner is None or version != self._version:
+            self._runner = None  # frees the stale copy before building the new one
+            # the copy's parameters are converted as they are copied, so the model is never held twice in fp32
+            memo = {id(p): torch.nn.Parameter(p.detach().to(self.dtype), requires_grad=False)
+                    for p in model.parameters()}
+            runner = copy.deepcopy(model, memo).eval()
+            if self.quantize == "int8":
+                quantize_int8(runner)
+            elif pack:
+                cpu_kernels.pack_linears(runner)
+            self._runner, self._version = runner, version
+        return self._runner
+
+    def _forward(self, model, rows: list["_Row"], inputs: list[list[int]], cache: KVCache):
+        """One batched forward of each row's pending ids (right-padded) -> the logits (len(rows), vocab) of each
+        row's last pending id."""
+        T = max(len(ids) for ids in inputs)
+        idx = torch.tensor([ids + [0] * (T - len(ids)) for ids in inputs], device=self.device)
+        offsets = torch.tensor([r.cached for r in rows], device=self.device)
+        # padding sits past each row's own tokens; its positions are clamped into the cache and masked
+        positions = (offsets[:, None] + torch.arange(T, device=self.device)).clamp_(max=cache.max_len - 1)
+        last = torch.tensor([len(ids) - 1 for ids in inputs], device=self.device)
+        length = max(r.cached + len(ids) for r, ids in zip(rows, inputs))
+        cache.bind([r.row for r in rows], positions, last, length)
+        was_training = model.training
+        model.eval()  # no dropout; restored at once, since the model may be someone's training model
+        try:
+            with torch.autocast(self.device.type, enabled=False):
+                logits, _ = model(idx, cache=cache)
+        finally:
+            model.train(was_training)
+        return logits[:, -1]
+
+    def _take_cache(self, batch_size: int, max_len: int) -> KVCache:
+        for cache in self._caches:
+            if cache.fits(batch_size, max_len, self.dtype, self.device):
+                self._caches.remove(cache)
+                return cache
+        if self._caches:  # grow: at least as large as the one it replaces
+            old = self._caches.pop()
+            batch_size, max_len = max(batch_size, old.batch_size), max(max_len, old.max_len)
+        c = self.model.config
+        return KVCache(c.n_layer, c.n_head, c.n_embd // c.n_head, batch_size, max_len, self.dtype, self.device)
+
+    # ---- requests ----
+
+    def _check(self, requests: list[Request]):
+        vocab_size = self.model.config.vocab_size
+        if not requests:
+            raise GPTCoreError("run() needs at least one Request")
+        for i, r in enumerate(requests):
+            if not isinstance(r, Request):
+                raise GPTCoreError(f"request {i} is a {type(r).__name__}, not a gptcore.infer.Request")
+            if not r.ids or not all(isinstance(t, int) and 0 <= t < vocab_size for t in r.ids):
+                raise GPTCoreError(f"request {i}: ids must be a non-empty list of token ids in [0, {vocab_size}) "
+                                   "(start from the tokenizer's eot_token for an empty prompt)")
+            check_sampling(r.temperature, r.top_k, r.top_p, r.max_new_tokens, r.seed)
+            stop = self._stop_token(r)
+            if stop is not None and not (isinstance(stop, int) and 0 <= stop < vocab_size):
+                raise GPTCoreError(f"request {i}: stop_token must be a token id in [0, {vocab_size}), got {stop!r}")
+            if isinstance(r.stop, str) or not all(isinstance(s, str) and s for s in r.stop):
+                raise GPTCoreError(f"request {i}: stop must be a list of non-empty strings, got {r.stop!r}")
+            if r.stop and self.tokenizer is None:
+                raise GPTCoreError("stop strings need a tokenizer: Generator(model, tokenizer)")
+
+    def _stop_token(self, request: Request):
+        if request.stop_token != EOT:
+            return request.stop_token
+        return None if self.tokenizer is None else self.tokenizer.eot_token
+
+    def run(self, requests: list[Request], generators: list | None = None) -> Iterator[list[Event]]:
+        """Decodes all requests together, one batched forward per step; yields each step's events.
+
+        Every request gets exactly one event with finish_reason set, its last. A request that finishes or is
+        cancelled frees its row (no more compute for it). Prompts of different lengths are fine.
+        generators: a torch.Generator per request to draw its samples from, instead of its seed.
+        Requests are checked here, before the first step.
+        """
+        self._check(requests)
+        return self._run(requests, generators)
+
+    @torch.inference_mode()
+    def _run(self, requests, generators):
+        block_size = self.block_size
+        rows = []
+        for i, r in enumerate(requests):
+            gen = generators[i] if generators else None
+            if gen is None and r.seed is not None:
+                gen = torch.Generator(self.device).manual_seed(r.seed)
+            text = TextStream(self.tokenizer, r.stop) if self.tokenizer is not None else None
+            rows.append(_Row(i, r, i, block_size, self._stop_token(r), text, gen))
+        max_len = max(min(block_size, min(len(r.ids), block_size) + r.max_new_tokens) for r in requests)
+        cache = self._take_cache(len(requests), max_len)
+        try:
+            while rows:
+                events = []
+                for row in [r for r in rows if r.request.cancelled]:
+                    rows.remove(row)
+                    events.append(Event(row.index, None, "", "cancelled"))
+                if rows:
+                    model = self._inference_model()
+                    inputs = [r.pending(block_size) for r in rows]
+                    # fresh windows (prefills) and single new tokens go in separate forwards: padding a decode step
+                    # to a prompt's length would waste the step
+                    prefill = [i for i, ids in enumerate(inputs) if len(ids) > 1]
+                    decode = [i for i, ids in enumerate(inputs) if len(ids) == 1]
+                    logits = [None] * len(rows)
+                    for group in (prefill, decode):
+                        if group:
+                            out = self._forward(model, [rows[i] for i in group], [inputs[i] for i in group], cache)
+                            for i, row_logits in zip(group, out):
+                                logits[i] = row_logits
+                    for row, ids in zip(rows, inputs):
+                        row.cached += len(ids)
+                    tokens = self._sample(rows, torch.stack(logits))
+                    for row, token in zip(list(rows), tokens):
+                        event = self._advance(row, token)
+                        events.append(event)
+                        if event.finish_reason:
+                            rows.remove(row)
+                yield events
+        finally:
+            self._caches.append(cache)
+
+    def _sample(self, rows: list[_Row], logits) -> list[int]:
+        """logits (B, V) -> one token per row: a batched argmax for greedy rows, a draw with each row's settings
+        and generator for the others."""
+        tokens = logits.float().argmax(dim=-1)
+        for i, row in enumerate(rows):
+            if not row.greedy:
+                r = row.request
+                tokens[i] = sample_next_token(logits[i:i + 1], r.temperature, r.top_k, r.top_p, row.generator)[0]
+        return tokens.tolist()
+
+    def _advance(self, row: _Row, token: int) -> Event:
+        row.ids.append(token)
+        row.new += 1
+        if token == row.stop_token:
+            return Event(row.index, token, row.text.flush() if row.text else "", "stop")
+        text, stopped = row.text.push(token) if row.text else ("", False)
+        if stopped:
+            return Event(row.index, token, text, "stop")
+        if row.new == row.request.max_new_tokens:
+            return Event(row.index, token, text + (row.text.flush() if row.text else ""), "length")
+        return Event(row.index, token, text, None)
+
+    # ---- conveniences ----
+
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, do_sample: bool = True, stop: Sequence[str] | None = None,
+                 seed: int | None = None, stop_token: int | str | None = EOT,
+                 generator: torch.Generator | None = None):
+        """(B, T) LongTensor -> (B, T + new) like model.generate; a list of id lists -> a list of id lists.
+
+        Rows that stop early (stop token or string) are padded with the stop token (or the tokenizer's
+        <|endoftext|>) in the tensor form; the tensor ends when the last row stops. seed: row i draws from
+        torch.Generator().manual_seed(seed + i); generator: one generator for all rows. max_new_tokens 0 returns
+        the prompts.
+        """
+        as_tensor = isinstance(idx, torch.Tensor)
+        if as_tensor:
+            if idx.dim() != 2 or idx.dtype != torch.long or idx.numel() == 0:
+                raise GPTCoreError(f"idx must be a (B, T) tensor of token ids (torch.long) with T >= 1, got shape "
+                                   f"{tuple(idx.shape)} and {idx.dtype}; for one prompt use ids[None]")
+            prompts = idx.tolist()
+        elif isinstance(idx, list) and idx and all(isinstance(p, list) for p in idx):
+            prompts = idx
+        else:
+            raise GPTCoreError("idx must be a (B, T) LongTensor or a non-empty list of lists of token ids")
+        if max_new_tokens == 0:
+            check_sampling(temperature, top_k, top_p)
+            return idx.clone() if as_tensor else [list(p) for p in prompts]
+        requests = [Request(p, max_new_tokens, temperature, top_k, top_p, do_sample, tuple(stop or ()),
+                            None if seed is None else seed + i, stop_token=stop_token) for i, p in enumerate(prompts)]
+        outs = [list(p) for p in prompts]
+        for events in self.run(requests, [generator] * len(requests) if generator is not None else None):
+            for e in events:
+                if e.token is not None:
+                    outs[e.index].append(e.token)
+        if not as_tensor:
+            return outs
+        width = max(len(o) for o in outs)
+        pad = self._stop_token(requests[0])
+        if pad is None and width > min(len(o) for o in outs):
+            pad = self.tokenizer.eot_token
+        return torch.tensor([o + [pad] * (width - len(o)) for o in outs], device=idx.device)
+
+    def stream(self, prompt: str | list[int], max_new_tokens: int, **sampling) -> Iterator[str]:
+        """New text pieces for one prompt (text needs the tokenizer; "" starts from <|endoftext|>); sampling: the
+        other fields of Request (temperature, top_k, top_p, do_sample, stop, seed, stop_token)."""
+        if self.tokenizer is None:
+            raise GPTCoreError("stream() yields text: it needs a tokenizer, Generator(model, tokenizer)")
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt, allow_special=True) if prompt else [self.tokenizer.eot_token]
+        else:
+            ids = list(prompt)
+        for events in self.run([Request(ids, max_new_tokens, **sampling)]):
+            for e in events:
+                if e.text:
+                    yield e.text
+
+
+_CACHED = weakref.WeakKeyDictionary()
+
+
+def generator_for(model, dtype=None) -> Generator:
+    """The Generator model.generate uses, kept for the model as long as it lives (it holds the model weakly)."""
+    dtype = parse_dtype(dtype)
+    engines = _CACHED.setdefault(model, {})
+    device = next(model.parameters()).device
+    engine = engines.get((device, dtype))
+    if engine is None:
+        engine = Generator(model, dtype=dtype)
+        engine._model = weakref.ref(model)
+        engines[(device, dtype)] = engine
+    return engine
