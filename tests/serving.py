@@ -49,7 +49,7 @@ def running_server(checkpoint: str, name: str = "tiny", dtype: str = "float32", 
     """Serves the checkpoint (on the CPU, in float32) with uvicorn in a thread; yields (base url, scheduler).
     options go to Scheduler (max_batch, max_queue) and create_app (api_key, timeout)."""
     model, tokenizer, _ = load_model(checkpoint)
-    engine = Generator(model, tokenizer, dtype=getattr(torch, dtype))
+    engine = Generator(model.requires_grad_(False), tokenizer, dtype=dtype)
     scheduler = Scheduler(engine, **{k: options.pop(k) for k in ("max_batch", "max_queue") if k in options})
     app = create_app(scheduler, name, **options)
     sock = free_socket()
