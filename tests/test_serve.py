@@ -1,6 +1,7 @@
 """serve.py and gptcore.serve: a real uvicorn server on a loopback port, spoken to by the official openai client
 and by raw HTTP. Greedy output is checked against transformers' GPT2LMHeadModel and against sample.py."""
 
+import importlib.util
 import json
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import torch
 import transformers
 
 from gptcore.checkpoint import load_model
+from gptcore.errors import GPTCoreError
 from gptcore.tokenizer import get_tokenizer
 from serving import call, free_port, running_server, tiny_checkpoint
 
@@ -319,11 +321,14 @@ def test_api_key(ckpt):
 
 # ---- serve.py itself ----
 
-def run_script(*argv, **kwargs):
-    return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300, **kwargs)
+def script(name):
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py") + "_script", ROOT / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def test_serve_greedy_equals_sample_py_on_the_committed_checkpoint():
+def test_serve_greedy_equals_sample_py_on_the_committed_checkpoint(capsys):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "serve.py", "--port", str(port), "--dtype", "float32", "--device", "cpu"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -336,24 +341,28 @@ def test_serve_greedy_equals_sample_py_on_the_committed_checkpoint():
             except OSError:
                 return False
         wait_for(up, "serve.py to start", seconds=240)
-        model = health(url)["model"]
-        assert model == "quickstart"
+        assert health(url)["model"] == "quickstart"
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
-        for prompt in ["ROMEO:", "The king"]:
-            out = client.completions.create(model=model, prompt=prompt, max_tokens=60, temperature=0)
-            sample = run_script("sample.py", "-p", prompt, "-m", "60", "--temperature", "0", "--dtype", "float32",
-                                "--device", "cpu")
-            assert sample.returncode == 0, sample.stderr
-            assert sample.stdout == prompt + out.choices[0].text + "\n"
+        sample = script("sample.py")
+        for prompt in ["def main():", "The king"]:
+            out = client.completions.create(model="quickstart", prompt=prompt, max_tokens=60, temperature=0)
+            sample.main(["-p", prompt, "-m", "60", "--temperature", "0", "--dtype", "float32", "--device", "cpu"])
+            assert capsys.readouterr().out == prompt + out.choices[0].text + "\n"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
-def test_serve_flags_fail_with_one_line():
-    for argv, needle in [(["--max-batch", "0"], "--max-batch"), (["--timeout", "-1"], "--timeout"),
+def test_serve_flags_fail_with_one_line(capsys):
+    serve = script("serve.py")
+    for argv, needle in [(["--max-batch", "0"], "--max-batch"), (["--max-queue", "-1"], "--max-queue"),
+                         (["--timeout", "0"], "--timeout"), (["--port", "70000"], "--port"),
                          (["--checkpoint", "/nonexistent/x.pt"], "/nonexistent/x.pt")]:
-        result = run_script("serve.py", *argv)
-        assert result.returncode == 2 and needle in result.stderr
-        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    assert run_script("serve.py", "--help").returncode == 0
+        with pytest.raises(GPTCoreError, match=needle):
+            serve.main(argv)
+    with pytest.raises(SystemExit) as exit:
+        serve.main(["--help"])
+    assert exit.value.code == 0 and "--max-batch" in capsys.readouterr().out
+    result = subprocess.run([sys.executable, "serve.py", "--max-batch", "0"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr == "error: --max-batch must be >= 1, got 0\n"
