@@ -61,7 +61,7 @@ def main(argv=None):
     checkpoint = args.checkpoint or (None if args.pretrained else committed_checkpoint(COMMITTED_DIR))
     if checkpoint is None and not args.pretrained:
         raise GPTCoreError(f"no checkpoint in {COMMITTED_DIR}; pass --checkpoint PATH or --pretrained NAME_OR_DIR")
-    model, tokenizer = load_model(checkpoint, args.pretrained)
+    model, tokenizer, _ = load_model(checkpoint, args.pretrained)
     model.to(device)
     dtype = torch.bfloat16 if args.dtype == "bfloat16" or (args.dtype == "auto" and bf16_helps(device)) \
         else torch.float32

@@ -14,14 +14,12 @@ import sys
 
 import torch
 
-from gptcore.checkpoint import CKPT_PATTERN, latest_checkpoint, load_checkpoint, model_from_checkpoint
+from gptcore import checkpoint
 from gptcore.device import check_device, default_device
 from gptcore.errors import GPTCoreError
 from gptcore.infer import Generator, Request
 from gptcore.infer.engine import EOT, QUANTIZE
 from gptcore.infer.sampling import check_sampling
-from gptcore.model import GPT, GPTConfig
-from gptcore.tokenizer import get_tokenizer
 
 COMMITTED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoint")
 SEPARATOR = "-" * 15
@@ -65,27 +63,12 @@ def parse_args(argv=None):
     return args
 
 
-def committed_checkpoint() -> str | None:
-    """The newest training checkpoint in checkpoint/, else its last .pt file by name, else None."""
-    if not os.path.isdir(COMMITTED_DIR):
-        return None
-    files = sorted(f for f in os.listdir(COMMITTED_DIR) if f.endswith(".pt"))
-    return latest_checkpoint(COMMITTED_DIR) or (os.path.join(COMMITTED_DIR, files[-1]) if files else None)
-
-
 def load_model(args):
     """(model, tokenizer) from --checkpoint, --pretrained, checkpoint/*.pt, or else an untrained GPT-2 124M."""
-    if args.pretrained:
-        print(f"sampling from {args.pretrained} (Hugging Face GPT-2)", file=sys.stderr)
-        return GPT.from_pretrained(args.pretrained), get_tokenizer("gpt2")
-    path = args.checkpoint or committed_checkpoint()
-    if path is None:
-        print(f"note: no checkpoint in {COMMITTED_DIR} ({CKPT_PATTERN} or any .pt); sampling from an untrained "
-              "GPT-2 124M, so expect gibberish (use --checkpoint or --pretrained)", file=sys.stderr)
-        return GPT(GPTConfig()), get_tokenizer("gpt2")
-    ckpt = load_checkpoint(path)
-    print(f"sampling from {path}" + (f" (step {ckpt['step']})" if "step" in ckpt else ""), file=sys.stderr)
-    return model_from_checkpoint(ckpt)
+    model, tokenizer, source = checkpoint.load_model(args.checkpoint, args.pretrained, COMMITTED_DIR)
+    if source is not None:
+        print(f"sampling from {source}", file=sys.stderr)
+    return model, tokenizer
 
 
 def main(argv=None):

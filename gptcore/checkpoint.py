@@ -13,6 +13,7 @@ import glob
 import os
 import re
 import shutil
+import sys
 from dataclasses import asdict
 
 import torch
@@ -135,19 +136,25 @@ def model_from_checkpoint(ckpt: dict) -> tuple[GPT, object]:
     return model, tokenizer_from_description(ckpt["tokenizer"])
 
 
-def committed_checkpoint(directory: str) -> str | None:
-    """The newest training checkpoint in a folder of committed models, else its last .pt file by name, else None."""
-    if not os.path.isdir(directory):
+def committed_checkpoint(folder: str) -> str | None:
+    """The newest training checkpoint in folder, else its last .pt file by name, else None."""
+    if not os.path.isdir(folder):
         return None
-    files = sorted(f for f in os.listdir(directory) if f.endswith(".pt"))
-    return latest_checkpoint(directory) or (os.path.join(directory, files[-1]) if files else None)
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".pt"))
+    return latest_checkpoint(folder) or (os.path.join(folder, files[-1]) if files else None)
 
 
-def load_model(checkpoint: str | None = None, pretrained: str | None = None) -> tuple[GPT, object]:
-    """(model, tokenizer) in eval mode on the CPU, from a gptcore checkpoint (a .pt file or an out dir) or from
-    OpenAI's GPT-2 in the Hugging Face format (a folder, or a name online), which uses the GPT-2 tokenizer."""
+def load_model(checkpoint: str | None = None, pretrained: str | None = None, default_dir: str | None = None):
+    """(model in eval mode, tokenizer, source) for sample.py, eval.py and serve.py, from the first given or found:
+    pretrained (OpenAI's GPT-2 in the Hugging Face format: a folder or a name online), checkpoint (a .pt file or
+    an out dir), the newest checkpoint in default_dir, or else an untrained GPT-2 124M, which says so on stderr.
+    source is the pretrained name, the checkpoint path, or None for the untrained model."""
     if pretrained:
-        return GPT.from_pretrained(pretrained).eval(), get_tokenizer("gpt2")
-    if checkpoint is None:
-        raise GPTCoreError("no model given: pass --checkpoint PATH or --pretrained NAME_OR_DIR")
-    return model_from_checkpoint(load_checkpoint(checkpoint))
+        return GPT.from_pretrained(pretrained).eval(), get_tokenizer("gpt2"), pretrained
+    path = checkpoint or committed_checkpoint(default_dir or "")
+    if path is None:
+        print(f"note: no checkpoint in {default_dir} ({CKPT_PATTERN} or any .pt); using an untrained GPT-2 124M, "
+              "so expect gibberish (use --checkpoint or --pretrained)", file=sys.stderr)
+        return GPT(GPTConfig()).eval(), get_tokenizer("gpt2"), None
+    model, tokenizer = model_from_checkpoint(load_checkpoint(path))
+    return model.eval(), tokenizer, path

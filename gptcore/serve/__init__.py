@@ -1,0 +1,1 @@
+"""The HTTP server: OpenAI-compatible completions over the inference engine, batched per step, and a chat page."""
