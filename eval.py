@@ -4,6 +4,7 @@ By default the model is the committed checkpoint in checkpoint/*.pt; --checkpoin
 training out dir (its newest checkpoint); --pretrained takes OpenAI's GPT-2 in the Hugging Face format (a folder,
 or a name online). Prints a table (task, metric, value, stderr, examples, seconds); --out writes the same as
 JSON in lm-evaluation-harness's shape. The protocols are in gptcore/eval/{hellaswag,lambada,perplexity}.py.
+Under `torchrun --nproc_per_node=N eval.py ...` each process scores 1/N of every task; rank 0 reports.
 Data files: --data-dir, else ../shared/data beside the repository, else downloaded once into ~/.cache/gptcore.
 """
 
@@ -18,6 +19,7 @@ from gptcore.device import bf16_helps, default_device
 from gptcore.errors import GPTCoreError
 from gptcore.eval.tasks import TASKS, format_table, parse_tasks, results_json, run_task
 from gptcore.fileio import write_json
+from gptcore.train.distributed import destroy_distributed, init_distributed
 
 COMMITTED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoint")
 
@@ -62,15 +64,25 @@ def main(argv=None):
     if checkpoint is None and not args.pretrained:
         raise GPTCoreError(f"no checkpoint in {COMMITTED_DIR}; pass --checkpoint PATH or --pretrained NAME_OR_DIR")
     model, tokenizer, _ = load_model(checkpoint, args.pretrained)
-    model.to(device)
-    dtype = torch.bfloat16 if args.dtype == "bfloat16" or (args.dtype == "auto" and bf16_helps(device)) \
-        else torch.float32
-    results = [run_task(name, model, tokenizer, args.data_dir, args.limit, args.batch_size, dtype,
-                        progress=sys.stderr.isatty(), verify=not args.skip_checksum) for name in args.tasks]
+    d = init_distributed(device)
+    try:
+        if torch.device(device).type == "cuda" and d.enabled:
+            device = f"cuda:{d.local_rank}"  # one GPU per process
+        model.to(device)
+        dtype = torch.bfloat16 if args.dtype == "bfloat16" or (args.dtype == "auto" and bf16_helps(device)) \
+            else torch.float32
+        results = [run_task(name, model, tokenizer, args.data_dir, args.limit, args.batch_size, dtype,
+                            progress=sys.stderr.isatty() and d.is_main, verify=not args.skip_checksum, dist=d)
+                   for name in args.tasks]
+    finally:
+        destroy_distributed()
+    if not d.is_main:
+        return
     print(format_table(results))
     if args.out:
         config = {"model": args.pretrained or checkpoint, "tasks": args.tasks, "limit": args.limit,
-                  "batch_size": args.batch_size, "device": device, "dtype": str(dtype).removeprefix("torch.")}
+                  "batch_size": args.batch_size, "device": device, "dtype": str(dtype).removeprefix("torch."),
+                  "processes": d.world_size}
         write_json(args.out, results_json(results, config, args.log_samples), indent=1)
 
 

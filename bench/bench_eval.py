@@ -33,7 +33,7 @@ from gptcore.eval.scoring import score_requests  # noqa: E402
 from gptcore.model import GPT, GPTConfig  # noqa: E402
 from gptcore.tokenizer import get_tokenizer  # noqa: E402
 
-EXAMPLES = {"hellaswag": 16, "lambada": 32, "wikitext2": 8}  # items, passages, windows of 1024 tokens
+EXAMPLES = {"hellaswag": 8, "lambada": 16, "wikitext2": 4}  # items, passages, windows of 1024 tokens
 
 
 def workloads(tokenizer, block_size):

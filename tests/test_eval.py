@@ -289,16 +289,17 @@ def test_hellaswag_callback_matches_eval(hf_dir, ours):
 
 
 DDP_SCRIPT = """
-import json, sys, torch, torch.distributed as dist
+import json, sys, torch
 from gptcore import GPT
 from gptcore.eval.scoring import score_requests
-dist.init_process_group("gloo")
+from gptcore.train.distributed import destroy_distributed, init_distributed
+d = init_distributed("cpu")
 model = GPT.from_pretrained(sys.argv[1]).eval()
 g = torch.Generator().manual_seed(3)
 reqs = [(torch.randint(0, 50257, (int(n),), generator=g).tolist(), [1, 2, 3][:1 + n % 3]) for n in range(2, 13)]
-scores = score_requests(model, reqs, batch_size=2, progress=False)
-json.dump([[s.logprob, s.n_tokens, s.greedy] for s in scores], open(sys.argv[2] + str(dist.get_rank()), "w"))
-dist.destroy_process_group()
+scores = score_requests(model, reqs, batch_size=2, progress=False, dist=d)
+json.dump([[s.logprob, s.n_tokens, s.greedy] for s in scores], open(sys.argv[2] + str(d.rank), "w"))
+destroy_distributed()
 """
 
 
@@ -332,3 +333,37 @@ def test_loss_plot_gets_a_hellaswag_panel(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     plot_losses(str(tmp_path / "metrics.jsonl"), str(tmp_path / "loss.png"))
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_logs_hellaswag_and_plots_it(tmp_path):
+    """A tiny GPT-2-tokenized run with --hellaswag-interval 2: the records of steps 2 and 4 (and only those) carry
+    hellaswag_acc and hellaswag_acc_norm, equal to scoring the saved model at step 4 with eval.py's task code."""
+    import numpy as np
+    from gptcore.checkpoint import load_checkpoint, model_from_checkpoint
+    from gptcore.data import write_meta, write_shard
+    from gptcore.eval import hellaswag
+    from gptcore.eval.files import task_file
+    from gptcore.plot import loss_figure
+
+    tok = get_tokenizer("gpt2")
+    ids = np.array(tok.encode((DATA / "tinyshakespeare.txt").read_text()[:20_000]), dtype=np.uint16)
+    data = tmp_path / "data"
+    write_shard(str(data / "train_000000.bin"), ids[:4000])
+    write_shard(str(data / "val_000000.bin"), ids[4000:])
+    write_meta(str(data), {"format_version": 1, "tokenizer": tok.describe(), "vocab_size": tok.n_vocab,
+                           "train_shards": ["train_000000.bin"], "val_shards": ["val_000000.bin"],
+                           "input_hash": "tiny-gpt2"})
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--data", str(data), "--out-dir", str(out),
+                        "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "64", "--batch-size", "2",
+                        "--max-iters", "4", "--eval-interval", "4", "--eval-steps", "1", "--sample-tokens", "0",
+                        "--dtype", "float32", "--hellaswag-interval", "2", "--hellaswag-limit", "6"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "hellaswag_acc_norm" in r] == [2, 4]
+    model, _ = model_from_checkpoint(load_checkpoint(str(out)))
+    want = hellaswag.evaluate(model, tok, task_file("hellaswag"), limit=6, progress=False).metrics
+    assert records[-1]["hellaswag_acc_norm"] == want["acc_norm"] and records[-1]["hellaswag_acc"] == want["acc"]
+    assert (out / "loss.png").exists() and len(loss_figure(records).axes) == 2

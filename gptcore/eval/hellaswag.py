@@ -39,16 +39,16 @@ def requests(items: list[dict], tokenizer) -> list[tuple[list[int], list[int]]]:
 
 
 def evaluate(model, tokenizer, path: str, limit: int | None = None, batch_size: int = 16,
-             dtype=torch.float32, progress: bool = True) -> TaskResult:
+             dtype=torch.float32, progress: bool = True, dist=None) -> TaskResult:
     require_gpt2(tokenizer, "hellaswag")
     items = load(path, limit)
-    return score(model, items, requests(items, tokenizer), batch_size, dtype, progress)
+    return score(model, items, requests(items, tokenizer), batch_size, dtype, progress, dist)
 
 
 def score(model, items: list[dict], reqs: list, batch_size: int = 16, dtype=torch.float32,
-          progress: bool = True) -> TaskResult:
+          progress: bool = True, dist=None) -> TaskResult:
     """acc and acc_norm of items whose requests(items, tokenizer) are given (the trainer tokenizes them once)."""
-    scores = score_requests(model, reqs, batch_size, dtype, progress, desc="hellaswag")
+    scores = score_requests(model, reqs, batch_size, dtype, progress, desc="hellaswag", dist=dist)
     samples = []
     for n, item in enumerate(items):
         mine = scores[4 * n: 4 * n + 4]

@@ -39,10 +39,11 @@ def requests(items: list[dict], tokenizer) -> list[tuple[list[int], list[int]]]:
 
 
 def evaluate(model, tokenizer, path: str, limit: int | None = None, batch_size: int = 16,
-             dtype=torch.float32, progress: bool = True) -> TaskResult:
+             dtype=torch.float32, progress: bool = True, dist=None) -> TaskResult:
     require_gpt2(tokenizer, "lambada")
     items = load(path, limit)
-    scores = score_requests(model, requests(items, tokenizer), batch_size, dtype, progress, desc="lambada")
+    scores = score_requests(model, requests(items, tokenizer), batch_size, dtype, progress, desc="lambada",
+                            dist=dist)
     samples = [{"index": n, "target": split(item["text"])[1], "logprob": s.logprob, "n_tokens": s.n_tokens,
                 "greedy": s.greedy} for n, (item, s) in enumerate(zip(items, scores))]
     hits = [float(s.greedy) for s in scores]

@@ -37,23 +37,23 @@ def windows(n_tokens: int, block_size: int, stride: int) -> list[tuple[int, int,
 
 
 def evaluate_tokens(model, tokens: list[int], stride: int | None = None, limit: int | None = None,
-                    batch_size: int = 16, dtype=torch.float32, progress: bool = True):
+                    batch_size: int = 16, dtype=torch.float32, progress: bool = True, dist=None):
     """(total NLL, tokens scored, windows, their Scores) of a token sequence, scoring its first `limit` windows."""
     block_size = model.config.block_size
     spans = windows(len(tokens), block_size, stride or max(block_size // 2, 1))[:limit]
     reqs = [(tokens[begin:first], tokens[first:end]) for begin, first, end in spans]
-    scores = score_requests(model, reqs, batch_size, dtype, progress, desc="wikitext2")
+    scores = score_requests(model, reqs, batch_size, dtype, progress, desc="wikitext2", dist=dist)
     return -sum(s.logprob for s in scores), sum(s.n_tokens for s in scores), spans, scores
 
 
 def evaluate(model, tokenizer, path: str, limit: int | None = None, batch_size: int = 16,
-             dtype=torch.float32, progress: bool = True, stride: int | None = None) -> TaskResult:
+             dtype=torch.float32, progress: bool = True, dist=None, stride: int | None = None) -> TaskResult:
     with open(path, encoding="utf-8") as f:
         text = f.read()
     tokens = tokenizer.encode(text)
     if len(tokens) < 2:
         raise GPTCoreError(f"{path} has fewer than 2 tokens; there is nothing to score")
-    nll, n_scored, spans, scores = evaluate_tokens(model, tokens, stride, limit, batch_size, dtype, progress)
+    nll, n_scored, spans, scores = evaluate_tokens(model, tokens, stride, limit, batch_size, dtype, progress, dist)
     if spans[-1][2] < len(tokens):  # a limit stopped it early
         text = tokenizer.decode(tokens[:spans[-1][2]])  # the part of the text the windows cover
     words, n_bytes = len(re.split(r"\s+", text)), len(text.encode("utf-8"))

@@ -10,7 +10,8 @@ run together. Attention is causal, so padding to the right of a row's last real 
 that row; the scores are gathered at each row's own positions only. The head (n_embd -> vocab) is applied only
 at the gathered positions, and the log-softmax runs in float32 whatever the model's dtype.
 
-Under torch.distributed each rank scores every world_size-th request and all ranks get all the scores back.
+Under DDP (a gptcore.train.distributed.Distributed with world_size > 1) each rank scores every world_size-th
+request and all ranks get all the scores back.
 """
 
 import contextlib
@@ -18,7 +19,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch.nn import functional as F
 from tqdm import tqdm
 
@@ -96,14 +96,14 @@ def score_batch(model, batch, dtype=torch.float32) -> list[Score]:
 
 
 def score_requests(model, requests, batch_size: int = 16, dtype=torch.float32, progress: bool = True,
-                   desc: str = "scoring") -> list[Score]:
-    """All requests' Scores, in the order given. Under torch.distributed each rank scores requests
-    rank, rank + world_size, ...; the results are all-gathered, so every rank returns the full list."""
+                   desc: str = "scoring", dist=None) -> list[Score]:
+    """All requests' Scores, in the order given. With dist (a Distributed of world_size N > 1) each rank scores
+    requests rank, rank + N, ...; the results are all-gathered, so every rank returns the full list."""
     check_requests(requests, model.config.block_size)
     if batch_size < 1:
         raise GPTCoreError(f"--batch-size must be >= 1, got {batch_size}")
-    distributed = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    distributed = dist is not None and dist.enabled
+    rank, world = (dist.rank, dist.world_size) if distributed else (0, 1)
     mine = list(range(rank, len(requests), world))
     # longest first: similar lengths share a batch (little padding), and a too-big batch fails at once
     mine.sort(key=lambda i: -len(model_input(*requests[i], model.config.block_size)))
@@ -119,8 +119,6 @@ def score_requests(model, requests, batch_size: int = 16, dtype=torch.float32, p
     finally:
         model.train(was_training)
     if distributed:
-        gathered = [None] * world
-        dist.all_gather_object(gathered, results)
-        for part in gathered:
+        for part in dist.all_gather_object(results):
             results.update(part)
     return [results[i] for i in range(len(requests))]

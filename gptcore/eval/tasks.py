@@ -23,10 +23,13 @@ def parse_tasks(spec: str) -> list[str]:
 
 
 def run_task(name: str, model, tokenizer, data_dir: str | None = None, limit: int | None = None,
-             batch_size: int = 16, dtype=torch.float32, progress: bool = True, verify: bool = True) -> TaskResult:
+             batch_size: int = 16, dtype=torch.float32, progress: bool = True, verify: bool = True,
+             dist=None) -> TaskResult:
+    """One task's result; with dist (a gptcore.train.distributed.Distributed), every rank must call it."""
     path = task_file(name, data_dir, verify)
     start = time.perf_counter()
-    result = TASKS[name](model, tokenizer, path, limit=limit, batch_size=batch_size, dtype=dtype, progress=progress)
+    result = TASKS[name](model, tokenizer, path, limit=limit, batch_size=batch_size, dtype=dtype, progress=progress,
+                         dist=dist)
     result.seconds = time.perf_counter() - start
     return result
 

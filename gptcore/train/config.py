@@ -52,6 +52,11 @@ class TrainConfig:
     sample_tokens: int = 48  # length of the sample printed at every eval; 0 turns it off
     save_interval: int = 1000
     keep_checkpoints: int = 3
+    # HellaSwag (gptcore/eval) every this many steps and at the last; 0 is off. The gpt2-* presets turn it on
+    # (every 250 steps, as build-nanogpt): it needs data in GPT-2 tokens. hellaswag_limit: its first N items
+    # (None: all 10,042), for quicker CPU runs
+    hellaswag_interval: int = 0
+    hellaswag_limit: int | None = None
 
     @classmethod
     def from_preset(cls, name: str | None, **overrides) -> "TrainConfig":
@@ -93,7 +98,8 @@ def _gpt2_size(preset: str, lr, total_batch_tokens=524_288):
     # GPT-3 paper, table 2.1: same data and schedule, learning rate shrinking with size; min lr is 10% of max
     n_layer, n_head, n_embd = PRESETS[preset]
     return dict(data="data/fineweb-edu", n_layer=n_layer, n_head=n_head, n_embd=n_embd, learning_rate=lr,
-                min_lr=lr / 10, total_batch_tokens=total_batch_tokens, batch_size=16, compile=True)
+                min_lr=lr / 10, total_batch_tokens=total_batch_tokens, batch_size=16, compile=True,
+                hellaswag_interval=250)
 
 
 TRAIN_PRESETS = {
@@ -107,7 +113,7 @@ TRAIN_PRESETS = {
                              max_iters=5000, learning_rate=1e-3, min_lr=1e-4, warmup_iters=100,
                              betas=(0.9, 0.99), eval_interval=250, eval_steps=50, save_interval=1000),
     # build-nanogpt: GPT-2 (124M) on 10B tokens of FineWeb-Edu
-    "gpt2-124m": dict(data="data/fineweb-edu", out_dir="out/gpt2-124m", compile=True),
+    "gpt2-124m": dict(data="data/fineweb-edu", out_dir="out/gpt2-124m", compile=True, hellaswag_interval=250),
     "gpt2-medium": _gpt2_size("gpt2-medium", 3e-4),
     "gpt2-large": _gpt2_size("gpt2-large", 2.5e-4),
     "gpt2-xl": _gpt2_size("gpt2-xl", 2e-4, total_batch_tokens=1_048_576),

@@ -43,6 +43,13 @@ class Distributed:
         return t
 
     @staticmethod
+    def all_gather_object(obj) -> list:
+        """Every process's obj (pickled), in rank order, on every process: for small results such as eval scores."""
+        out = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+
+    @staticmethod
     def any(flag: bool, device) -> bool:
         """True on every process when flag is True on any."""
         t = torch.tensor(float(flag), device=device)

@@ -14,6 +14,7 @@ from ..checkpoint import export_model, latest_checkpoint, load_checkpoint, model
 from ..data import ShardLoader, read_meta
 from ..device import default_device, measure_matmul_peak, peak_flops
 from ..errors import GPTCoreError
+from ..eval.callback import HellaSwagCallback
 from ..model import GPT, GPTConfig
 from ..tokenizer import tokenizer_from_description
 from .callbacks import Checkpoints, Evaluate, LossPlot, MetricsFile, ProgressLine, SampleText, Throughput
@@ -52,7 +53,8 @@ def lm_callbacks(config: TrainConfig, trainer: Trainer, tokenizer, val_loader) -
         peak = measure_matmul_peak(trainer.device, torch.bfloat16 if trainer.dtype == "bfloat16" else torch.float32)
     metrics = os.path.join(c.out_dir, "metrics.jsonl")
     everyone = [Throughput(tokens_per_step, model.flops_per_token(model.config.block_size), peak, trainer.world_size),
-                Evaluate(val_loader, c.eval_interval, c.eval_steps)]
+                Evaluate(val_loader, c.eval_interval, c.eval_steps),
+                *([HellaSwagCallback(tokenizer, c.hellaswag_interval, c.hellaswag_limit)] if c.hellaswag_interval else [])]
     main_only = [MetricsFile(metrics), ProgressLine(),
                  *([SampleText(tokenizer, c.sample_tokens, c.trainer.seed)] if c.sample_tokens else []),
                  LossPlot(metrics, os.path.join(c.out_dir, "loss.png"))]
