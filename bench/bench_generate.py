@@ -1,19 +1,19 @@
-"""Generation speed on GPT-2 124M: gptcore's KV-cache decoding next to transformers' generate(), in one process.
+"""Generation speed on GPT-2 124M: gptcore's engine next to transformers and CTranslate2, in one process.
 
-Prompt of 16 tokens, 128 new tokens, batch 1, greedy. Random weights (speed doesn't depend on their values),
-the same ones in both libraries. Each round runs every method once, in turn, so a busy machine slows them alike.
-The table gives the median and the best round: on a shared machine the best round is the code's speed, the
-median that of the moment. The speed-up over transformers is taken round by round (each round's two runs are
-seconds apart, so they share the machine's state) and the median of those ratios is reported; that is far
-steadier than a ratio of medians. Runs whose rounds differ by more than 1.5x are flagged. Prints the table and appends
-it to bench/RESULTS.md. On a machine other processes use, --threads 1 is far steadier: torch's threads wait
-on each other whenever one of them loses its core.
+Random weights (speed doesn't depend on their values), the same ones everywhere: CTranslate2 converts our own
+save_pretrained export. Greedy; prompt of 16 tokens and 128 new ones at batch 1 and batch 8 (aggregate tok/s);
+time to first token for a 512-token prompt. Each round runs every method once, in turn, so a busy machine slows
+them alike; a method's speed-up is the median over rounds of its per-round ratio to transformers (each round's
+runs are seconds apart, so they share the machine's state), far steadier than a ratio of medians.
+The last line gives each weight format's bound: bytes read per decode step over the bandwidth of a plain sum,
+measured here in the same process.
 
-    python bench/bench_generate.py [--rounds 5] [--threads N] [--no-save]
+    python bench/bench_generate.py [--rounds 3] [--threads 2] [--no-save]
+
+Needs the bench requirements (bench/requirements.txt: ctranslate2, transformers).
 """
 
 import argparse
-import copy
 import os
 import statistics
 import sys
@@ -25,135 +25,162 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from bench.common import report  # noqa: E402
-from gptcore.device import generation_dtype  # noqa: E402
 from gptcore.infer import Generator, Request  # noqa: E402
 from gptcore.model import GPT, GPTConfig  # noqa: E402
 
-PROMPT_TOKENS, NEW_TOKENS = 16, 128
+PROMPT_TOKENS, NEW_TOKENS, LONG_PROMPT = 16, 128, 512
+BATCHES = (1, 8)
 
 
-def time_ours(engine, idx, use_cache):
-    """(seconds to the first new token, seconds for all, the new ids)."""
+def run_ours(engine, prompts, new):
+    """(seconds, the new ids of the first row)."""
     start = time.perf_counter()
-    first, ids = None, []
-    if not use_cache:  # the reference: the whole context recomputed at every step
-        seq = idx
-        with torch.no_grad():
-            for _ in range(NEW_TOKENS):
-                seq = torch.cat([seq, engine.model(seq)[0][:, -1].argmax(-1, keepdim=True)], dim=1)
-                ids.append(int(seq[0, -1]))
-                first = first or time.perf_counter() - start
-        return first, time.perf_counter() - start, ids
-    for events in engine.run([Request(idx[0].tolist(), NEW_TOKENS, do_sample=False, stop_token=None)]):
-        ids.append(events[0].token)
-        first = first or time.perf_counter() - start
-    return first, time.perf_counter() - start, ids
+    ids = []
+    for events in engine.run([Request(p, new, do_sample=False, stop_token=None) for p in prompts]):
+        ids += [e.token for e in events if e.index == 0]
+    return time.perf_counter() - start, ids
 
 
-def time_hf(model, idx, use_cache):
-    from transformers.generation.streamers import BaseStreamer
+def run_model_generate(model, prompts, new):
+    start = time.perf_counter()
+    out = model.generate(torch.tensor(prompts), new)  # greedy, the device's default dtype, no preparation
+    return time.perf_counter() - start, out[0, len(prompts[0]):].tolist()
 
-    class FirstToken(BaseStreamer):
-        """generate() calls put() with the prompt, then with each new token."""
-        def __init__(self):
-            self.calls, self.at = 0, None
 
-        def put(self, value):
-            self.calls += 1
-            if self.calls == 2:
-                self.at = time.perf_counter()
-
-        def end(self):
-            pass
-
-    streamer = FirstToken()
+def run_hf(model, prompts, new):
+    idx = torch.tensor(prompts)
     start = time.perf_counter()
     with torch.inference_mode():
-        out = model.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=NEW_TOKENS, do_sample=False,
-                             use_cache=use_cache, streamer=streamer)
-    total = time.perf_counter() - start
-    return streamer.at - start, total, out[0, idx.size(1):].tolist()
+        out = model.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=new, min_new_tokens=new,
+                             do_sample=False, use_cache=True)
+    return time.perf_counter() - start, out[0, idx.size(1):].tolist()
+
+
+def run_ct2(generator, prompts, new):
+    tokens = [[f"t{i}" for i in p] for p in prompts]
+    start = time.perf_counter()
+    out = generator.generate_batch(tokens, max_length=new, min_length=new, sampling_topk=1,
+                                   include_prompt_in_result=False)
+    return time.perf_counter() - start, out[0].sequences_ids[0]
+
+
+def ct2_export(model, directory):
+    """Our save_pretrained export, with a stand-in GPT-2 tokenizer (token i is the string 't{i}', no merges) so
+    that CTranslate2's Transformers converter can read a vocabulary; ids pass through unchanged."""
+    import json
+
+    from ctranslate2.converters import TransformersConverter
+    hf_dir = os.path.join(directory, "hf")
+    model.save_pretrained(hf_dir)
+    vocab = {f"t{i}": i for i in range(model.config.vocab_size - 1)} | {"<|endoftext|>": model.config.vocab_size - 1}
+    with open(os.path.join(hf_dir, "vocab.json"), "w") as f:
+        json.dump(vocab, f)
+    with open(os.path.join(hf_dir, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n")
+    out = os.path.join(directory, "ct2")
+    TransformersConverter(hf_dir).convert(out, quantization=None)
+    return out
+
+
+def stream_bandwidth(seconds: float = 0.5) -> float:
+    """Bytes per second of a plain sum over 256 MB: what a memory-bound decode step can hope for here."""
+    x = torch.ones(64 * 2**20)
+    x.sum()
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        x.sum()
+        count += 1
+    return count * x.numel() * 4 / (time.perf_counter() - start)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5, help="runs of each cached method; no-cache ones run once")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every method (default: 3)")
+    parser.add_argument("--threads", type=int, default=2, help="torch and CTranslate2 threads (default: 2)")
     parser.add_argument("--no-save", action="store_true", help="print the table without appending to RESULTS.md")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    import ctranslate2
     from transformers import GPT2LMHeadModel
     from transformers.utils import logging
     logging.set_verbosity_error()
 
     torch.manual_seed(0)
-    ours = GPT(GPTConfig()).eval()
+    model = GPT(GPTConfig()).eval()
     with tempfile.TemporaryDirectory() as tmp:
-        ours.save_pretrained(tmp)
-        hf = GPT2LMHeadModel.from_pretrained(tmp).eval()
-    hf.generation_config.eos_token_id = None  # random weights may emit <|endoftext|>: always generate all 128
+        start = time.perf_counter()
+        ct2_dir = ct2_export(model, tmp)
+        ct2 = {ct: ctranslate2.Generator(ct2_dir, device="cpu", compute_type=ct, intra_threads=args.threads)
+               for ct in ("float32", "int8")}
+        convert_s = time.perf_counter() - start
+        hf = GPT2LMHeadModel.from_pretrained(os.path.join(tmp, "hf")).eval()
+    hf.generation_config.eos_token_id = None  # random weights may emit <|endoftext|>: always generate all tokens
     hf.generation_config.pad_token_id = 0
-    hf_bf16 = copy.deepcopy(hf).to(torch.bfloat16)
-    default_dtype = generation_dtype("cpu")
-    ours_default = Generator(ours, dtype=default_dtype)
-    idx = torch.randint(0, 50257, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(0))
-    dtype_name = str(default_dtype).removeprefix("torch.")
-
-    methods = [  # (name, run, repeated every round)
-        (f"gptcore, KV cache, {dtype_name} (sample.py's default here)", lambda: time_ours(ours_default, idx, True),
-         True),
-        ("gptcore, KV cache, float32", lambda: time_ours(Generator(ours, dtype="float32"), idx, True), True),
-        ("transformers generate(use_cache=True), float32", lambda: time_hf(hf, idx, True), True),
-        ("transformers generate(use_cache=True), bfloat16", lambda: time_hf(hf_bf16, idx, True), True),
-        ("gptcore, no cache (full recompute), float32", lambda: time_ours(ours_default, idx, False), False),
-        ("transformers generate(use_cache=False), float32", lambda: time_hf(hf, idx, False), False),
-    ]
+    start = time.perf_counter()
+    default = Generator(model)
+    int8 = Generator(model, quantize="int8")
+    fp32 = Generator(model, dtype="float32")
+    run_ours(default, [[0]], 1), run_ours(int8, [[0]], 1)  # builds the converted copies
+    prepare_s = time.perf_counter() - start
+    name = lambda e: str(e.dtype).removeprefix("torch.")  # noqa: E731
+    methods = {
+        "transformers generate(use_cache=True), float32": lambda p, n: run_hf(hf, p, n),
+        f"gptcore Generator, default ({name(default)} here)": lambda p, n: run_ours(default, p, n),
+        f"gptcore Generator, int8 weights ({name(int8)} activations)": lambda p, n: run_ours(int8, p, n),
+        "gptcore model.generate, no preparation": lambda p, n: run_model_generate(model, p, n),
+        "gptcore Generator, float32": lambda p, n: run_ours(fp32, p, n),
+        "CTranslate2 float32": lambda p, n: run_ct2(ct2["float32"], p, n),
+        "CTranslate2 int8": lambda p, n: run_ct2(ct2["int8"], p, n),
+    }
+    gen = torch.Generator().manual_seed(0)
+    prompts = {b: torch.randint(0, 50257, (b, PROMPT_TOKENS), generator=gen).tolist() for b in BATCHES}
+    long_prompt = torch.randint(0, 50257, (1, LONG_PROMPT), generator=gen).tolist()
+    for run in methods.values():  # warm-up: thread pools, kernels, model.generate's copy
+        run(prompts[1], 4)
     load_before = os.getloadavg()[0]
-    results = {name: [] for name, _, _ in methods}
+    seconds = {(m, what): [] for m in methods for what in (*BATCHES, "ttft")}
     tokens = {}
-    time_ours(ours_default, idx, True)  # warm-up: thread pools, oneDNN kernels
-    time_hf(hf, idx, True)
     for r in range(args.rounds):
-        for name, run, repeated in methods:
-            if repeated or r == 0:
-                first, total, ids = run()
-                results[name].append((first, total))
-                tokens[name] = ids
-                print(f"round {r + 1}/{args.rounds}: {name}: {NEW_TOKENS / total:.1f} tok/s", file=sys.stderr)
+        for m, run in methods.items():
+            for b in BATCHES:
+                s, ids = run(prompts[b], NEW_TOKENS)
+                seconds[m, b].append(s)
+                tokens[m] = tokens.get(m) or ids
+            seconds[m, "ttft"].append(run(long_prompt, 1)[0])
+            print(f"round {r + 1}/{args.rounds}: {m}: {NEW_TOKENS / seconds[m, 1][-1]:.1f} tok/s at batch 1",
+                  file=sys.stderr)
     load_after = os.getloadavg()[0]
+    bandwidth = stream_bandwidth()
 
-    hf_name = methods[2][0]
-    hf_totals = [total for _, total in results[hf_name]]
-    rows, unsteady = [], []
-    for name, _, _ in methods:
-        firsts = [first for first, _ in results[name]]
-        totals = [total for _, total in results[name]]
-        median, best = NEW_TOKENS / statistics.median(totals), NEW_TOKENS / min(totals)
-        decode = (NEW_TOKENS - 1) / statistics.median(total - first for first, total in results[name])
-        paired = statistics.median(hf / ours for hf, ours in zip(hf_totals, totals))  # methods run once: round 1
-        if max(totals) > 1.5 * min(totals):
-            unsteady.append(name)
-        rows.append(f"| {name} | {len(totals)} | {statistics.median(firsts) * 1e3:.0f} | {median:.1f} | {best:.1f} | "
-                    f"{decode:.1f} | {paired:.2f}x | {min(hf_totals) / min(totals):.2f}x |")
+    hf_name = next(iter(methods))
+    ratio = lambda m, what: statistics.median(h / o for h, o in zip(seconds[hf_name, what], seconds[m, what]))  # noqa: E731
+    rows = []
+    for m in methods:
+        cells = []
+        for b in BATCHES:
+            cells += [f"{b * NEW_TOKENS / statistics.median(seconds[m, b]):.1f}", f"{ratio(m, b):.2f}x"]
+        cells += [f"{statistics.median(seconds[m, 'ttft']) * 1e3:.0f}", f"{ratio(m, 'ttft'):.2f}x"]
+        rows.append(f"| {m} | " + " | ".join(cells) + " |")
     same = lambda a, b: "yes" if tokens[a] == tokens[b] else "NO"  # noqa: E731
-    checks = (f"greedy tokens, gptcore float32 with cache = transformers float32: {same(methods[1][0], hf_name)}; "
-              f"= gptcore without cache: {same(methods[1][0], methods[4][0])}; "
-              f"= gptcore {dtype_name} (sample.py's default): {same(methods[1][0], methods[0][0])}")
-    details = [f"torch threads: {torch.get_num_threads()}; each round runs every method in turn",
-               f"load average (1 min) {load_before:.2f} before, {load_after:.2f} after "
-               "(other processes share these cores)",
-               checks]
-    if unsteady:
-        details.append(f"UNSTEADY: rounds differ by more than 1.5x for {len(unsteady)} of {len(methods)} methods "
-                       "(the machine was busy); trust the best-round columns, or rerun with --threads 1")
-    table = "\n".join([
-        "| method | runs | time to first token, ms (median) | tok/s, median (128 new, incl. prefill) | tok/s, best "
-        "| decode tok/s, median (after the first) | vs transformers with cache, median of per-round ratios "
-        "| best vs best |",
-        "|---|---|---|---|---|---|---|---|", *rows])
-    title = (f"bench_generate.py: generation speed, GPT-2 124M, prompt {PROMPT_TOKENS} tokens, {NEW_TOKENS} new, "
-             "batch 1, greedy")
+    fp32_name = "gptcore Generator, float32"
+    n = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()  # read per decode step
+    bound = ", ".join(f"{fmt} {bandwidth / (n * size):.0f}" for fmt, size in (("fp32", 4), ("bf16", 2), ("int8", 1)))
+    details = [
+        f"torch threads: {torch.get_num_threads()}, CTranslate2 intra_threads {args.threads}; {args.rounds} rounds, "
+        "each runs every method in turn; medians",
+        f"load average (1 min) {load_before:.2f} before, {load_after:.2f} after (other processes share these cores)",
+        f"one-time costs: CTranslate2 conversion + load {convert_s:.1f} s; gptcore default + int8 engines' weight "
+        f"conversion {prepare_s:.1f} s; model.generate converts on its first call only",
+        f"greedy tokens at batch 1, gptcore float32 = transformers: {same(fp32_name, hf_name)}; "
+        f"= CTranslate2 float32: {same(fp32_name, 'CTranslate2 float32')}",
+        f"bound, batch-1 decode tok/s if every step only streamed the weights ({n / 1e6:.0f}M read per step) at the "
+        f"bandwidth of a plain sum here ({bandwidth / 1e9:.1f} GB/s): {bound}",
+    ]
+    header = ("| method | batch 1 tok/s | vs transformers | batch 8 tok/s (aggregate) | vs transformers "
+              f"| time to first token, {LONG_PROMPT}-token prompt, ms | vs transformers |")
+    table = "\n".join([header, "|---|---|---|---|---|---|---|", *rows])
+    title = (f"bench_generate.py: GPT-2 124M, prompt {PROMPT_TOKENS} tokens, {NEW_TOKENS} new, greedy; "
+             "gptcore vs transformers vs CTranslate2")
     report(title, details, table, save=not args.no_save)
 
 

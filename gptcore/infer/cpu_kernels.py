@@ -1,9 +1,10 @@
 """Every private PyTorch op gptcore uses, fenced: each runs only where a capability check found it working, and each
 has a plain-PyTorch fallback that gives the same numbers (tests/test_infer_kernels.py runs both paths).
 
-- oneDNN's packed linear (torch.ops.mkldnn): a bf16/fp32 weight reordered once into oneDNN's blocked layout. Given
-  a plain row-major bf16 weight, oneDNN repacks it inside every call, which costs as much as the product itself
-  when a decode step multiplies it by one vector. Fallback: F.linear.
+- oneDNN's packed linear (torch.ops.mkldnn): a bf16 weight reordered once into oneDNN's blocked layout. Given a
+  plain row-major bf16 weight, oneDNN repacks it inside every call, which costs as much as the product itself when
+  a decode step multiplies it by one vector. Fallback: F.linear. (fp32 stays on F.linear: MKL streams fp32 weights
+  well, and oneDNN's fp32 kernel is not bit-identical to it.)
 - ATen's int8 weight-only matmul (torch._weight_int8pack_mm, the op gpt-fast uses): x @ (int8 W).T * scales without
   materializing a dequantized W. Fallback: F.linear on W converted to x's dtype, then the scales.
 """
@@ -17,13 +18,15 @@ from torch.nn import functional as F
 
 @functools.cache
 def packed_linear_works(dtype: torch.dtype) -> bool:
-    """Whether oneDNN's packed linear runs here in dtype and matches F.linear exactly, tried once on a tiny layer."""
+    """Whether oneDNN's packed linear runs here in dtype (bf16 only) and matches F.linear exactly, tried once."""
+    if dtype != torch.bfloat16:
+        return False
     ops = getattr(torch.ops, "mkldnn", None)
     if not torch.backends.mkldnn.is_available() or ops is None or not hasattr(ops, "_reorder_linear_weight"):
         return False
     try:
         gen = torch.Generator().manual_seed(0)
-        w, x, b = (torch.randn(shape, generator=gen).to(dtype) for shape in [(24, 16), (3, 16), (24,)])
+        w, x, b = (torch.randn(shape, generator=gen).to(dtype) for shape in [(24, 16), (3, 1, 16), (24,)])
         packed = ops._reorder_linear_weight(w, 1)
         return torch.equal(ops._linear_pointwise(x, packed, b, "none", [], ""), F.linear(x, w, b))
     except (RuntimeError, NotImplementedError):
@@ -63,8 +66,8 @@ def pack_linears(model: nn.Module) -> nn.Module:
 
 
 def linear_for(weight):
-    """weight (out, in) -> a function x (..., in) -> (..., out) with the fastest exact kernel here: what
-    device.generation_dtype times to choose a dtype."""
+    """weight (out, in) -> a function x (..., in) -> (..., out) with the kernel generation uses for its dtype here:
+    what device.generation_dtype times to choose a dtype."""
     linear = nn.Linear(weight.size(1), weight.size(0), bias=False, device=weight.device, dtype=weight.dtype)
     linear.weight = nn.Parameter(weight, requires_grad=False)
     return PackedLinear(linear)

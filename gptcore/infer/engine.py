@@ -166,14 +166,15 @@ class Generator:
         last = torch.tensor([len(ids) - 1 for ids in inputs], device=self.device)
         length = max(r.cached + len(ids) for r, ids in zip(rows, inputs))
         cache.bind([r.row for r in rows], positions, last, length)
-        was_training = model.training
-        model.eval()  # no dropout; restored at once, since the model may be someone's training model
-        try:
-            with torch.autocast(self.device.type, enabled=False):
-                logits, _ = model(idx, cache=cache)
-        finally:
-            model.train(was_training)
-        return logits[:, -1]
+        # the engine's dtype, not a caller's autocast, decides the precision
+        with torch.autocast(self.device.type, enabled=False):
+            if not model.training:
+                return model(idx, cache=cache)[0][:, -1]
+            try:  # someone's model in training: no dropout, and back to training mode at once
+                model.eval()
+                return model(idx, cache=cache)[0][:, -1]
+            finally:
+                model.train()
 
     def _take_cache(self, batch_size: int, max_len: int) -> KVCache:
         for cache in self._caches:
