@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import ROOT, report  # noqa: E402
 from gptcore.data import read_meta, read_tokens  # noqa: E402
-from gptcore.trainer import TRAIN_PRESETS  # noqa: E402
+from gptcore.train import TRAIN_PRESETS  # noqa: E402
 
 
 def unigram_val_loss(data_dir: str) -> float:

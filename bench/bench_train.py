@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import positive_int, report  # noqa: E402
 from gptcore import GPT, GPTConfig  # noqa: E402
 from gptcore.device import bf16_helps, default_device, measure_matmul_peak  # noqa: E402
+from gptcore.train.loop import configure_optimizer  # noqa: E402
 
 CONFIGS = {  # name: (n_layer, n_head, n_embd, batch_size, block_size)
     "124M B=1 T=1024": (12, 12, 768, 1, 1024),
@@ -32,7 +33,7 @@ CONFIGS = {  # name: (n_layer, n_head, n_embd, batch_size, block_size)
 
 def gptcore_step(config, device, dtype):
     model = GPT(config).to(device)
-    optimizer = model.configure_optimizer(0.1, 6e-4, device_type=torch.device(device).type)
+    optimizer = configure_optimizer(model, 0.1, 6e-4, device_type=torch.device(device).type)
 
     def step(x, y):
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):

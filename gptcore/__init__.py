@@ -4,7 +4,7 @@ from .errors import GPTCoreError
 from .infer import Generator
 from .model import GPT, GPTConfig
 from .tokenizer import CharTokenizer, get_tokenizer, tokenizer_from_description
-from .trainer import Trainer, TrainConfig
+from .train import Trainer, TrainConfig, TrainerConfig
 
 __all__ = ["GPT", "GPTConfig", "GPTCoreError", "Generator", "CharTokenizer", "get_tokenizer", "tokenizer_from_description",
-           "Trainer", "TrainConfig"]
+           "Trainer", "TrainConfig", "TrainerConfig"]

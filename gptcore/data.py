@@ -25,6 +25,7 @@ import struct
 
 import numpy as np
 import torch
+from torch.utils.data import IterableDataset
 
 from .errors import GPTCoreError
 from .fileio import atomic_path, write_json
@@ -138,7 +139,7 @@ def read_meta(data_dir: str) -> dict:
     return meta
 
 
-class ShardLoader:
+class ShardLoader(IterableDataset):
     """(x, y) batches of shape (batch_size, block_size) from one split of a prepared dataset, in a seeded order.
 
     Each shard is cut into chunks: chunk c is tokens[c*T : c*T + T + 1], x its first T tokens and y its last T, so
@@ -234,6 +235,13 @@ class ShardLoader:
         epochs, self.position = divmod(self.position + self.batch_size * self.world_size, self.chunks_per_epoch)
         self.epoch += epochs
         return torch.from_numpy(batch[:, :-1].copy()), torch.from_numpy(batch[:, 1:].copy())
+
+    def __iter__(self):
+        """As a torch IterableDataset: the rows of batch after batch, endlessly; a DataLoader with the same batch_size
+        and num_workers=0 puts them back together, and state_dict() stays exactly at what it handed out."""
+        while True:
+            x, y = self.next_batch()
+            yield from zip(x, y)
 
     def state_dict(self) -> dict:
         """A small JSON-able dict; load_state_dict() of it resumes with exactly the batches that would have come next.

@@ -1,5 +1,7 @@
 """GPT-2 weights in the Hugging Face format: config.json plus model.safetensors (or pytorch_model.bin).
 
+Plain functions over dicts and state dicts: model.py builds the GPT, so this module never imports it.
+
 Hugging Face's GPT-2 stores c_attn, c_proj and c_fc as Conv1D, i.e. (in, out): the transpose of nn.Linear.
 OpenAI's own uploads have no 'transformer.' prefix on their keys; files saved by transformers do.
 """
@@ -11,7 +13,6 @@ import torch
 
 from .errors import GPTCoreError
 from .fileio import atomic_path, write_json
-from .model import GPTConfig
 
 HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -31,8 +32,8 @@ def _resolve(name_or_dir: str) -> str:
                            "when offline, pass a local folder with config.json and model.safetensors") from None
 
 
-def config_from_hf(hf: dict) -> GPTConfig:
-    """Checks that a Hugging Face config.json describes a plain GPT-2 and maps it to ours."""
+def config_from_hf(hf: dict) -> dict:
+    """Checks that a Hugging Face config.json describes a plain GPT-2; returns our GPTConfig's shape fields."""
     if hf.get("model_type") != "gpt2":
         raise GPTCoreError(f"config.json has model_type '{hf.get('model_type')}', but only 'gpt2' models can be loaded")
     checks = {
@@ -46,8 +47,8 @@ def config_from_hf(hf: dict) -> GPTConfig:
     for key, (want, got) in checks.items():
         if want != got:
             raise GPTCoreError(f"config.json sets {key}={got!r}; GPT-2 as built here needs {want!r}")
-    return GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
-                     n_head=hf["n_head"], n_embd=hf["n_embd"], bias=True)
+    return dict(block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
+                n_head=hf["n_head"], n_embd=hf["n_embd"], bias=True)
 
 
 def _read_state(directory: str) -> dict:
@@ -64,8 +65,11 @@ def _read_state(directory: str) -> dict:
     raise GPTCoreError(f"{directory} has no weights: expected one of {', '.join(WEIGHT_FILES)}")
 
 
-def load_hf_weights(name_or_dir: str) -> tuple[GPTConfig, dict]:
-    """Returns our config and a state dict for gptcore.GPT, from a Hugging Face GPT-2 folder or name."""
+def load_hf_weights(name_or_dir: str) -> tuple[dict, dict]:
+    """From a Hugging Face GPT-2 folder or name: (GPTConfig fields, state dict in gptcore.GPT's names).
+
+    wte keeps its vocab_size rows and lm_head is left out: padding and tying are the model's business.
+    """
     directory = _resolve(name_or_dir)
     config_path = os.path.join(directory, "config.json")
     if not os.path.exists(config_path):
@@ -76,7 +80,7 @@ def load_hf_weights(name_or_dir: str) -> tuple[GPTConfig, dict]:
 
     state = {}
     expected = ["wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"]
-    for i in range(config.n_layer):
+    for i in range(config["n_layer"]):
         expected += [f"h.{i}.{name}" for name in ("ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias",
                                                      "attn.c_attn.bias", "attn.c_proj.bias", "mlp.c_fc.bias",
                                                      "mlp.c_proj.bias", *CONV1D_WEIGHTS)]
@@ -90,11 +94,9 @@ def load_hf_weights(name_or_dir: str) -> tuple[GPTConfig, dict]:
             tensor = tensor.t()
         state["transformer." + key] = tensor.contiguous()
     wte = state["transformer.wte.weight"]
-    if wte.shape != (config.vocab_size, config.n_embd):
-        raise GPTCoreError(f"{directory}: wte has shape {tuple(wte.shape)}, config.json says ({config.vocab_size}, {config.n_embd})")
-    padded = torch.zeros(config.padded_vocab_size, config.n_embd)
-    padded[:config.vocab_size] = wte
-    state["transformer.wte.weight"] = state["lm_head.weight"] = padded
+    if wte.shape != (config["vocab_size"], config["n_embd"]):
+        raise GPTCoreError(f"{directory}: wte has shape {tuple(wte.shape)}, config.json says "
+                           f"({config['vocab_size']}, {config['n_embd']})")
     return config, state
 
 
@@ -121,7 +123,7 @@ def save_hf_weights(model, directory: str):
         "vocab_size": c.vocab_size, "n_positions": c.block_size, "n_ctx": c.block_size,
         "n_embd": c.n_embd, "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": None,
         "layer_norm_epsilon": 1e-5, "initializer_range": 0.02,
-        "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": c.dropout,
+        "resid_pdrop": c.pdrop("resid"), "embd_pdrop": c.pdrop("embd"), "attn_pdrop": c.pdrop("attn"),
         "tie_word_embeddings": True, "bos_token_id": c.vocab_size - 1, "eos_token_id": c.vocab_size - 1,
     }
     with atomic_path(os.path.join(directory, "model.safetensors")) as tmp:

@@ -4,41 +4,79 @@ Names follow OpenAI's checkpoint keys (wte, wpe, h.N.attn.c_attn, ln_f), so the 
 References: GPT-1 (Radford et al. 2018), GPT-2 (Radford et al. 2019).
 """
 
-import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from . import hf
 from .errors import GPTCoreError
 
-# (n_layer, n_head, n_embd): OpenAI's four GPT-2 sizes, then minGPT's small ones.
+# model_type -> (n_layer, n_head, n_embd): OpenAI's GPT-1 and four GPT-2 sizes, Gopher's smallest, minGPT's small ones
 PRESETS = {
+    "openai-gpt": (12, 12, 768),  # 117M
     "gpt2": (12, 12, 768),  # 124M
     "gpt2-medium": (24, 16, 1024),  # 350M
     "gpt2-large": (36, 20, 1280),  # 774M
     "gpt2-xl": (48, 25, 1600),  # 1558M
+    "gopher-44m": (8, 16, 512),
     "gpt-mini": (6, 6, 192),
     "gpt-micro": (4, 4, 128),
     "gpt-nano": (3, 3, 48),
 }
+SIZES = ("n_layer", "n_head", "n_embd")
 
 
 @dataclass
 class GPTConfig:
-    block_size: int = 1024  # context length
-    vocab_size: int = 50257  # GPT-2's BPE: 50,000 merges + 256 bytes + <|endoftext|>
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
+    """The model's shape. Its size comes from model_type (a name in PRESETS) or from n_layer, n_head and n_embd;
+    with neither, it is GPT-2 (124M). Fields may be set after construction (minGPT style): GPT(config) checks them.
+
+    dropout applies everywhere; minGPT's embd_pdrop, resid_pdrop and attn_pdrop, when set, override it per site.
+    """
+    model_type: str | None = None
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_embd: int | None = None
+    vocab_size: int | None = 50257  # GPT-2's BPE: 50,000 merges + 256 bytes + <|endoftext|>
+    block_size: int | None = 1024  # context length
     dropout: float = 0.0
+    embd_pdrop: float | None = None
+    resid_pdrop: float | None = None
+    attn_pdrop: float | None = None
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2 has them
 
     def __post_init__(self):
-        if self.n_embd % self.n_head:
-            raise GPTCoreError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.model_type is not None or None not in (self.n_layer, self.n_head, self.n_embd):
+            self.resolved()  # fail at construction when the shape is already complete
+
+    def resolved(self) -> "GPTConfig":
+        """A copy with n_layer, n_head and n_embd filled in, after checking every field; GPT(config) uses it."""
+        sizes = {k: getattr(self, k) for k in SIZES}
+        if self.model_type is not None:
+            if self.model_type not in PRESETS:
+                raise GPTCoreError(f"unknown model_type '{self.model_type}'; known: {', '.join(PRESETS)}")
+            preset = dict(zip(SIZES, PRESETS[self.model_type]))
+            clash = [f"{k}={v}" for k, v in sizes.items() if v is not None and v != preset[k]]
+            if clash:
+                raise GPTCoreError(f"model_type='{self.model_type}' sets n_layer, n_head and n_embd, but {', '.join(clash)} "
+                                   f"was also given: set either model_type or the sizes, not both")
+            sizes = preset
+        elif None in sizes.values():
+            sizes = {k: v if v is not None else d for (k, v), d in zip(sizes.items(), PRESETS["gpt2"])}
+        for name in ("vocab_size", "block_size"):
+            if getattr(self, name) is None:
+                raise GPTCoreError(f"config.{name} is not set; set it (from your data) before building the GPT")
+        if sizes["n_embd"] % sizes["n_head"]:
+            raise GPTCoreError(f"n_embd={sizes['n_embd']} is not divisible by n_head={sizes['n_head']}")
+        return replace(self, **sizes) if sizes != {k: getattr(self, k) for k in SIZES} else self
+
+    def pdrop(self, site: str) -> float:
+        """The dropout probability at site 'embd', 'resid' or 'attn'."""
+        p = getattr(self, f"{site}_pdrop")
+        return self.dropout if p is None else p
 
     @property
     def padded_vocab_size(self) -> int:
@@ -47,10 +85,10 @@ class GPTConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "GPTConfig":
+        """The sizes of model_type `name`, written out as n_layer, n_head and n_embd."""
         if name not in PRESETS:
             raise GPTCoreError(f"unknown model preset '{name}'; known presets: {', '.join(PRESETS)}")
-        n_layer, n_head, n_embd = PRESETS[name]
-        return cls(**{"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, **overrides})
+        return cls(**{**dict(zip(SIZES, PRESETS[name])), **overrides})
 
 
 class CausalSelfAttention(nn.Module):
@@ -58,11 +96,11 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.n_embd = config.n_embd
-        self.dropout = config.dropout
+        self.dropout = config.pdrop("attn")
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v for all heads
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.RESIDUAL_PROJECTION = True
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.pdrop("resid"))
 
     def forward(self, x, cache=None):
         """(B, T, C) -> (B, T, C). cache: this layer's view of a generation KV cache (gptcore/infer/cache.py)."""
@@ -86,7 +124,7 @@ class MLP(nn.Module):
         self.gelu = nn.GELU(approximate="tanh")  # the approximation OpenAI's weights were trained with
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.RESIDUAL_PROJECTION = True
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.pdrop("resid"))
 
     def forward(self, x):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
@@ -111,11 +149,11 @@ class Block(nn.Module):
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.config = config
+        self.config = config = config.resolved()
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
-            drop=nn.Dropout(config.dropout),
+            drop=nn.Dropout(config.pdrop("embd")),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
@@ -126,6 +164,11 @@ class GPT(nn.Module):
         self.register_buffer("vocab_mask", torch.cat([torch.zeros(config.vocab_size), torch.full((pad,), -math.inf)]),
                              persistent=False)
         self.apply(self._init_weights)
+
+    @staticmethod
+    def get_default_config() -> GPTConfig:
+        """minGPT's starting point: set model_type (or n_layer, n_head, n_embd), vocab_size and block_size, then GPT(config)."""
+        return GPTConfig(vocab_size=None, block_size=None, embd_pdrop=0.1, resid_pdrop=0.1, attn_pdrop=0.1)
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -208,34 +251,25 @@ class GPT(nn.Module):
         T = seq_len or c.block_size
         return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * T
 
-    # ---- training support ----
-
-    def configure_optimizer(self, weight_decay: float, learning_rate: float, betas=(0.9, 0.95), device_type: str = "cpu"):
-        """AdamW where only 2-D weights (matmuls, embeddings) decay; biases and LayerNorm gains don't."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device_type in ("cuda", "cpu")
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=1e-8, fused=fused)
-
     # ---- Hugging Face interop (see gptcore/hf.py) ----
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str, **overrides) -> "GPT":
-        """OpenAI's GPT-2 from a Hugging Face folder, or by name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) online."""
-        from .hf import load_hf_weights
-        config, state = load_hf_weights(name_or_dir)
-        for key, value in overrides.items():
-            if key != "dropout":
+        """OpenAI's GPT-2 from a Hugging Face folder, or by name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) online.
+
+        overrides: only dropout settings (dropout, embd_pdrop, resid_pdrop, attn_pdrop); the shape is the weights'.
+        """
+        shape, state = hf.load_hf_weights(name_or_dir)
+        for key in overrides:
+            if key != "dropout" and not key.endswith("_pdrop"):
                 raise GPTCoreError(f"only dropout can be overridden for pretrained weights, not '{key}'")
-            setattr(config, key, value)
-        model = cls(config)
+        model = cls(GPTConfig(**shape, **overrides))
+        # the head is tied to wte, whose rows past vocab_size are padding (see padded_vocab_size)
+        pad = model.config.padded_vocab_size - model.config.vocab_size
+        state["transformer.wte.weight"] = state["lm_head.weight"] = F.pad(state["transformer.wte.weight"], (0, 0, 0, pad))
         model.load_state_dict(state)
         return model
 
     def save_pretrained(self, directory: str):
         """Writes config.json + model.safetensors that transformers.GPT2LMHeadModel loads."""
-        from .hf import save_hf_weights
-        save_hf_weights(self, directory)
+        hf.save_hf_weights(self, directory)

@@ -10,6 +10,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from gptcore import GPT, GPTConfig, GPTCoreError
+from gptcore.train.loop import configure_optimizer
 
 SMALL = dict(n_layer=2, n_head=4, n_embd=64, block_size=32, vocab_size=1000)
 
@@ -113,7 +114,7 @@ def test_presets_and_accounting():
 
 def test_optimizer_decays_only_matrices():
     model = GPT(GPTConfig(**SMALL))
-    opt = model.configure_optimizer(weight_decay=0.1, learning_rate=1e-3, device_type="cpu")
+    opt = configure_optimizer(model, weight_decay=0.1, learning_rate=1e-3, device_type="cpu")
     decay, no_decay = opt.param_groups
     assert all(p.dim() == 2 for p in decay["params"]) and decay["weight_decay"] == 0.1
     assert all(p.dim() == 1 for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
@@ -126,7 +127,7 @@ def test_overfits_one_batch():
     model = GPT(GPTConfig.from_preset("gpt-nano", vocab_size=50, block_size=16))
     x = torch.randint(0, 50, (4, 16))
     y = torch.roll(x, -1, dims=1)
-    opt = model.configure_optimizer(weight_decay=0.0, learning_rate=1e-2)
+    opt = configure_optimizer(model, weight_decay=0.0, learning_rate=1e-2)
     first = None
     for _ in range(150):
         _, loss = model(x, y)

@@ -13,11 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from gptcore import GPT, GPTCoreError
+from torch.utils.data import TensorDataset
+
+from gptcore import GPT, GPTConfig, GPTCoreError
 from gptcore.checkpoint import list_checkpoints
 from gptcore.data import write_meta, write_shard
 from gptcore.tokenizer import CharTokenizer
-from gptcore.trainer import Distributed, Trainer, TrainConfig, build_trainer, learning_rate
+from gptcore.train import Trainer, TrainConfig, TrainerConfig
+from gptcore.train.loop import learning_rate
+from gptcore.train.recipe import build_trainer, grad_accum_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -100,32 +104,20 @@ def test_ddp_two_processes_match_one_process(data_dir, tmp_path):
     assert abs(one[-1]["val_loss"] - two[-1]["val_loss"]) <= 1e-4 * one[-1]["val_loss"]
 
 
-class FixedBatches:
-    """A loader that hands out the rows of one fixed batch, `batch_size` rows at a time."""
-
-    def __init__(self, x, y, batch_size):
-        self.x, self.y, self.b, self.i = x, y, batch_size, 0
-
-    def next_batch(self):
-        rows = slice(self.i * self.b, (self.i + 1) * self.b)
-        self.i += 1
-        return self.x[rows], self.y[rows]
-
-
 def test_gradient_accumulation_equals_one_big_batch():
     torch.manual_seed(0)
     k, b, T = 4, 3, 16
-    config = TrainConfig(n_layer=2, n_head=2, n_embd=32, block_size=T, batch_size=b, total_batch_tokens=None,
-                         grad_accum_steps=k, dtype="float32", device="cpu")
-    model = GPT(config.model_config(vocab_size=65)).double()
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=T, vocab_size=65)).double()
     reference = GPT(model.config).double()
     reference.load_state_dict(model.state_dict())
     x, y = torch.randint(0, 65, (k * b, T)), torch.randint(0, 65, (k * b, T))
 
     _, loss = reference(x, y)  # one batch of k*b
     loss.backward()
-    trainer = Trainer(config, model, None, FixedBatches(x, y, b), device="cpu")
-    mean_loss = trainer.forward_backward()  # k micro-batches of b
+    # k micro-batches of b: the sampler's first epoch is a permutation of the k*b rows
+    config = TrainerConfig(batch_size=b, grad_accum_steps=k, dtype="float32", device="cpu", num_workers=0)
+    trainer = Trainer(config, model, TensorDataset(x, y))
+    mean_loss = trainer.forward_backward()
 
     assert torch.allclose(mean_loss.double(), loss, rtol=1e-6)  # the logged loss is float32
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
@@ -133,26 +125,28 @@ def test_gradient_accumulation_equals_one_big_batch():
 
 
 def test_learning_rate_schedule():
-    c = TrainConfig(learning_rate=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
+    c = TrainerConfig(learning_rate=1.0, min_lr=0.1, warmup_iters=10, max_iters=110)
     assert learning_rate(0, c) == pytest.approx(0.1)
     assert learning_rate(9, c) == pytest.approx(1.0)
     assert learning_rate(60, c) == pytest.approx(0.55)  # half way through the cosine
     assert learning_rate(110, c) == pytest.approx(0.1)
     lrs = [learning_rate(s, c) for s in range(10, 111)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    constant = TrainerConfig(learning_rate=1.0, warmup_iters=0)  # minGPT's: no schedule
+    assert {learning_rate(s, constant) for s in (0, 5, 10_000)} == {1.0}
 
 
 def test_nan_loss_stops_the_run_naming_the_step(data_dir, tmp_path):
-    config = TrainConfig(data=str(data_dir), out_dir=str(tmp_path), n_layer=1, n_head=1, n_embd=16, block_size=16,
-                         batch_size=2, total_batch_tokens=None, max_steps=10, eval_interval=100, sample_tokens=0,
-                         device="cpu", dtype="float32")
-    trainer = build_trainer(config)
+    config = TrainConfig.from_preset(None, data=str(data_dir), out_dir=str(tmp_path), n_layer=1, n_head=1, n_embd=16,
+                                     block_size=16, batch_size=2, total_batch_tokens=None, max_iters=10,
+                                     eval_interval=100, sample_tokens=0, device="cpu", dtype="float32")
+    trainer, _ = build_trainer(config)
 
     def poison(t):
-        if t.step == 3:
+        if t.iter_num == 3:
             with torch.no_grad():
                 t.raw_model.transformer.ln_f.weight.fill_(float("nan"))
-    trainer.add_callback("on_step_end", poison)
+    trainer.add_callback("on_batch_end", poison)
     with pytest.raises(GPTCoreError, match="loss became nan at step 4"):
         trainer.run()
 
@@ -193,11 +187,10 @@ def test_corrupt_or_truncated_checkpoint(data_dir, tmp_path, damage):
 
 
 def test_batch_that_does_not_divide_across_ranks():
-    config = TrainConfig(n_layer=1, n_head=1, n_embd=16, block_size=16, batch_size=2, total_batch_tokens=96,
-                         device="cpu", dtype="float32")
-    model = GPT(config.model_config(vocab_size=10))
+    config = TrainConfig.from_preset(None, block_size=16, batch_size=2, total_batch_tokens=96)
+    assert grad_accum_steps(config, world_size=1) == 3
     with pytest.raises(GPTCoreError, match=r"total_batch_tokens=96 is not a multiple of .*2\*16\*2=64"):
-        Trainer(config, model, None, None, dist_info=Distributed(rank=0, world_size=2), device="cpu")
+        grad_accum_steps(config, world_size=2)
 
 
 def test_export_writes_a_small_weights_only_checkpoint(data_dir, tmp_path):

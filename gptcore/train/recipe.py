@@ -1,0 +1,141 @@
+"""The GPT-2 language-model run that train.py makes: processes, data, model (new, resumed or pretrained), and the
+generic Trainer with the recipe's callbacks (see lm_callbacks, the list to extend).
+
+As the original README: the newest checkpoint in out_dir is resumed; without one, training starts from scratch
+(or from pretrained GPT-2 weights with init_from=gpt2*|DIR).
+"""
+
+import os
+from dataclasses import asdict, replace
+
+import torch
+
+from ..checkpoint import export_model, latest_checkpoint, load_checkpoint, model_checkpoint
+from ..data import ShardLoader, read_meta
+from ..device import default_device, measure_matmul_peak, peak_flops
+from ..errors import GPTCoreError
+from ..model import GPT, GPTConfig
+from ..tokenizer import tokenizer_from_description
+from .callbacks import Checkpoints, Evaluate, LossPlot, MetricsFile, ProgressLine, SampleText, Throughput
+from .config import TrainConfig
+from .distributed import destroy_distributed, init_distributed
+from .loop import Trainer
+
+
+def grad_accum_steps(config: TrainConfig, world_size: int) -> int:
+    """Micro-batches per step: trainer.grad_accum_steps, or what makes up total_batch_tokens across the processes."""
+    t = config.trainer
+    tokens_per_micro_step = t.batch_size * config.model.block_size * world_size
+    if config.total_batch_tokens is None:
+        return t.grad_accum_steps or 1
+    if config.total_batch_tokens % tokens_per_micro_step:
+        raise GPTCoreError(
+            f"total_batch_tokens={config.total_batch_tokens} is not a multiple of batch_size*block_size*processes="
+            f"{t.batch_size}*{config.model.block_size}*{world_size}={tokens_per_micro_step}; change one of them")
+    derived = config.total_batch_tokens // tokens_per_micro_step
+    if t.grad_accum_steps is not None and t.grad_accum_steps != derived:
+        raise GPTCoreError(f"grad_accum_steps={t.grad_accum_steps} contradicts total_batch_tokens="
+                           f"{config.total_batch_tokens} (which gives {derived}); set only one of them")
+    return derived
+
+
+def lm_callbacks(config: TrainConfig, trainer: Trainer, tokenizer, val_loader) -> list:
+    """The recipe's callbacks, in the order they run after each step. Add yours here (before MetricsFile, if it adds
+    to trainer.record)."""
+    c = config
+    model = trainer.raw_model
+    tokens_per_step = c.trainer.batch_size * model.config.block_size * trainer.grad_accum_steps * trainer.world_size
+    peak = peak_flops(trainer.device)
+    # no spec sheet for CPUs: MFU against a measured matmul ceiling, measured here, before any resume restores the RNG
+    # it draws from. Only the main process reports MFU, so only it spends the time.
+    if peak is None and trainer.device_type == "cpu" and trainer.is_main:
+        peak = measure_matmul_peak(trainer.device, torch.bfloat16 if trainer.dtype == "bfloat16" else torch.float32)
+    metrics = os.path.join(c.out_dir, "metrics.jsonl")
+    everyone = [Throughput(tokens_per_step, model.flops_per_token(model.config.block_size), peak, trainer.world_size),
+                Evaluate(val_loader, c.eval_interval, c.eval_steps)]
+    main_only = [MetricsFile(metrics), ProgressLine(),
+                 *([SampleText(tokenizer, c.sample_tokens, c.trainer.seed)] if c.sample_tokens else []),
+                 LossPlot(metrics, os.path.join(c.out_dir, "loss.png"))]
+    checkpoints = Checkpoints(c.out_dir, c.save_interval, c.keep_checkpoints,
+                              lambda t: {**model_checkpoint(t.raw_model, tokenizer, t.iter_num),
+                                         "train_config": asdict(c)})
+    return [*everyone, *(main_only if trainer.is_main else []), checkpoints]
+
+
+def build_trainer(config: TrainConfig) -> tuple[Trainer, object]:
+    """Everything train.py does before the loop -> (trainer with the recipe's callbacks, tokenizer)."""
+    device = default_device() if config.trainer.device == "auto" else config.trainer.device
+    d = init_distributed(device)
+    if device == "cuda" and d.enabled:  # one GPU per process
+        device = f"cuda:{d.local_rank}"
+    meta = read_meta(config.data)
+    tokenizer = tokenizer_from_description(meta["tokenizer"])
+
+    ckpt_file = latest_checkpoint(config.out_dir) if os.path.isdir(config.out_dir) else None
+    if ckpt_file and config.init_from == "scratch":
+        raise GPTCoreError(f"--init-from scratch, but {config.out_dir} already has checkpoints; "
+                           "pick a new --out-dir or delete them")
+    dropouts = {k: getattr(config.model, k) for k in ("dropout", "embd_pdrop", "resid_pdrop", "attn_pdrop")}
+    torch.manual_seed(config.trainer.seed)  # the same initial weights on every process
+    if ckpt_file:
+        ckpt = load_checkpoint(ckpt_file)
+        _check_resumable(ckpt, ckpt_file, config, meta)
+        model = GPT(GPTConfig(**{**ckpt["model_config"], **dropouts}))
+    elif config.init_from in ("resume", "scratch"):
+        model = GPT(config.model_config(meta["vocab_size"]))
+    else:
+        model = GPT.from_pretrained(config.init_from, **dropouts)
+        if meta["tokenizer"] != {"type": "gpt2"}:
+            raise GPTCoreError(f"pretrained GPT-2 reads GPT-2 tokens, but {config.data} was prepared with the "
+                               f"{meta['tokenizer']['type']} tokenizer; prepare it with --tokenizer gpt2")
+        if config.model.block_size > model.config.block_size:
+            raise GPTCoreError(f"block_size={config.model.block_size} is longer than the pretrained model's "
+                               f"{model.config.block_size}")
+    torch.manual_seed(config.trainer.seed + d.rank)  # but different dropout masks on each
+
+    block_size = config.model.block_size
+    train = ShardLoader(config.data, "train", batch_size=config.trainer.batch_size, block_size=block_size,
+                        rank=d.rank, world_size=d.world_size, seed=config.trainer.seed)
+    val = ShardLoader(config.data, "val", batch_size=config.trainer.batch_size, block_size=block_size,
+                      rank=d.rank, world_size=d.world_size, shuffle=False)
+    trainer_config = replace(config.trainer, device=device, grad_accum_steps=grad_accum_steps(config, d.world_size))
+    trainer = Trainer(trainer_config, model, train, dist=d if d.enabled else None)
+    for callback in lm_callbacks(config, trainer, tokenizer, val):
+        trainer.add_callbacks(callback)
+    if ckpt_file:
+        trainer.load_state_dict({"iter_num": ckpt["step"], "data": ckpt.get("loader"), **ckpt})  # older files: loader
+        if d.is_main:
+            print(f"resuming from {ckpt_file} at step {trainer.iter_num}")
+    return trainer, tokenizer
+
+
+def train(config: TrainConfig, export: str | None = None):
+    """train.py: build, run, and when the run completes, optionally export a weights-only bf16 checkpoint."""
+    try:
+        trainer, tokenizer = build_trainer(config)
+        trainer.run()
+        if export and trainer.is_main and trainer.iter_num == config.trainer.max_iters:
+            export_model(trainer.raw_model, tokenizer, trainer.iter_num, export)
+            print(f"exported the model to {export}")
+    finally:
+        destroy_distributed()
+
+
+def _check_resumable(ckpt: dict, path: str, config: TrainConfig, meta: dict):
+    """A checkpoint resumes only into the model shape and data it was trained with, from a training checkpoint."""
+    if "optimizer" not in ckpt:
+        raise GPTCoreError("this checkpoint holds only model weights (no optimizer or data state): "
+                           "sample from it, but resume only from a training checkpoint")
+    saved = ckpt["model_config"]
+    # model flags describe the model; pretrained runs take the weights' shape. (scratch never gets here: build_trainer
+    # refuses scratch into an out_dir with checkpoints.) Dropout may change on resume: it is no part of the weights.
+    if config.init_from == "resume":
+        wanted = asdict(config.model_config(meta["vocab_size"]))
+        shape = ("n_layer", "n_head", "n_embd", "vocab_size", "block_size", "bias")
+        differ = [f"{k}={saved[k]} (this run: {wanted[k]})" for k in shape if saved[k] != wanted[k]]
+        if differ:
+            raise GPTCoreError(f"checkpoint {path} is from a different model config: {', '.join(differ)}; "
+                               "use matching flags or another --out-dir")
+    if ckpt["tokenizer"] != meta["tokenizer"]:
+        raise GPTCoreError(f"checkpoint {path} was trained with another tokenizer than {config.data}'s; "
+                           "use the same --data or another --out-dir")
