@@ -166,7 +166,8 @@ def wandb_run(run_dir: Path) -> tuple[str, dict, list[dict]]:
             run_id = r.run.run_id
             config = {u.key: json.loads(u.value_json) for u in r.run.config.update}
         elif kind == "history":
-            history.append({item.key: json.loads(item.value_json) for item in r.history.item})
+            history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                            for item in r.history.item})
     return run_id, config, history
 
 

@@ -52,6 +52,9 @@ class TrainConfig:
     sample_tokens: int = 48  # length of the sample printed at every eval; 0 turns it off
     save_interval: int = 1000
     keep_checkpoints: int = 3
+    # experiment trackers beside metrics.jsonl, a comma list: tensorboard (<out_dir>/tensorboard), wandb (<out_dir>/wandb)
+    log_to: str = ""
+    wandb_project: str = "gptcore"
 
     @classmethod
     def from_preset(cls, name: str | None, **overrides) -> "TrainConfig":

@@ -119,7 +119,7 @@ class WandbCallback:
         os.makedirs(self.dir, exist_ok=True)
         # a resumed Trainer continues the run it started; a fresh one (step 0) starts a new run
         resuming = trainer.iter_num > 0 and os.path.exists(self.id_path)
-        run_id = open(self.id_path).read().strip() if resuming else self.wandb.util.generate_id()
+        run_id = open(self.id_path).read().strip() if resuming else None  # None: W&B makes one, saved below
         config = flatten(self.config if self.config is not None else trainer.config)
         self.run = self.wandb.init(project=self.project, name=self.name, dir=self.dir, id=run_id,
                                    resume="allow" if resuming else None, config=config, **self.init_kwargs)
