@@ -166,7 +166,8 @@ def wandb_run(run_dir: Path) -> tuple[str, dict, list[dict]]:
             run_id = r.run.run_id
             config = {u.key: json.loads(u.value_json) for u in r.run.config.update}
         elif kind == "history":
-            history.append({item.key: json.loads(item.value_json) for item in r.history.item})
+            history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                            for item in r.history.item})
     return run_id, config, history
 
 
@@ -234,9 +235,11 @@ class Sorting(torch.utils.data.Dataset):
         return x, y
 
 
-def test_callbacks_from_the_library_in_a_mingpt_style_script(tmp_path):
+def test_callbacks_from_the_library_in_a_mingpt_style_script(tmp_path, monkeypatch):
     from gptcore import GPT, Trainer
-    from gptcore.train.trackers import TensorBoardCallback
+    from gptcore.train.trackers import TensorBoardCallback, WandbCallback
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
 
     model_config = GPT.get_default_config()
     model_config.model_type = "gpt-nano"
@@ -248,6 +251,7 @@ def test_callbacks_from_the_library_in_a_mingpt_style_script(tmp_path):
     losses = []
     trainer.set_callback("on_batch_end", lambda t: losses.append((t.iter_num, t.loss.item())))
     trainer.add_callbacks(TensorBoardCallback(str(tmp_path / "tb")))
+    trainer.add_callbacks(WandbCallback(project="sorting", dir=str(tmp_path)))
     trainer.run()
 
     got, acc = tensorboard_scalars(tmp_path / "tb")
@@ -256,3 +260,10 @@ def test_callbacks_from_the_library_in_a_mingpt_style_script(tmp_path):
     assert [s for s, _ in got["lr"]] == [1, 2, 3, 4, 5]
     hparams = acc.SummaryMetadata("_hparams_/session_start_info")  # trainer.config, by default
     assert b"max_iters" in hparams.plugin_data.content
+
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    run_id, config, history = wandb_run(run_dir)
+    assert run_id == (tmp_path / "wandb-run-id").read_text().strip()
+    assert [h["_step"] for h in history] == [1, 2, 3, 4, 5]
+    assert [h["loss"] for h in history] == pytest.approx([v for _, v in losses], rel=1e-12)
+    assert config["max_iters"] == 5

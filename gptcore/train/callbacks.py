@@ -125,14 +125,16 @@ class ProgressLine:
 
 
 class SampleText:
-    """At each eval, a short continuation of <|endoftext|> from a private generator (training's RNG is untouched)."""
+    """At each eval, a short continuation of <|endoftext|> from a private generator (training's RNG is untouched),
+    printed and put in trainer.record["sample"] for the callbacks after it (the trackers)."""
 
     def __init__(self, tokenizer, max_new_tokens: int, seed: int):
         self.tokenizer, self.max_new_tokens, self.seed = tokenizer, max_new_tokens, seed
 
     def on_batch_end(self, trainer):
         if "val_loss" in trainer.record:
-            tqdm.write(f"sample: {self.sample(trainer)!r}")
+            trainer.record["sample"] = self.sample(trainer)
+            tqdm.write(f"sample: {trainer.record['sample']!r}")
 
     @torch.no_grad()
     def sample(self, trainer) -> str:

@@ -57,6 +57,9 @@ class TrainConfig:
     # (None: all 10,042), for quicker CPU runs
     hellaswag_interval: int = 0
     hellaswag_limit: int | None = None
+    # experiment trackers beside metrics.jsonl, a comma list: tensorboard (<out_dir>/tensorboard), wandb (<out_dir>/wandb)
+    log_to: str = ""
+    wandb_project: str = "gptcore"
 
     @classmethod
     def from_preset(cls, name: str | None, **overrides) -> "TrainConfig":

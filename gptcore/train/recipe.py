@@ -21,6 +21,7 @@ from .callbacks import Checkpoints, Evaluate, LossPlot, MetricsFile, ProgressLin
 from .config import TrainConfig
 from .distributed import destroy_distributed, init_distributed
 from .loop import Trainer
+from .trackers import TensorBoardCallback, WandbCallback, parse_trackers
 
 
 def grad_accum_steps(config: TrainConfig, world_size: int) -> int:
@@ -40,9 +41,23 @@ def grad_accum_steps(config: TrainConfig, world_size: int) -> int:
     return derived
 
 
-def lm_callbacks(config: TrainConfig, trainer: Trainer, tokenizer, val_loader) -> list:
+def trackers(config: TrainConfig) -> list:
+    """The log_to trackers, logging into out_dir. Made first thing, on every process, so that a bad name or a missing
+    package stops the run at once everywhere; only the main process installs them."""
+    made = []
+    for name in parse_trackers(config.log_to):
+        if name == "tensorboard":
+            made.append(TensorBoardCallback(os.path.join(config.out_dir, "tensorboard"), hparams=config))
+        else:
+            made.append(WandbCallback(project=config.wandb_project, dir=config.out_dir, config=config,
+                                      name=os.path.basename(os.path.normpath(config.out_dir))))
+    return made
+
+
+def lm_callbacks(config: TrainConfig, trainer: Trainer, tokenizer, val_loader, tracker_callbacks=()) -> list:
     """The recipe's callbacks, in the order they run after each step. Add yours here (before MetricsFile, if it adds
-    to trainer.record)."""
+    to trainer.record). The trackers come after the sample (they log it) and before the checkpoint (so a step is
+    logged before the checkpoint that a resume starts after)."""
     c = config
     model = trainer.raw_model
     tokens_per_step = c.trainer.batch_size * model.config.block_size * trainer.grad_accum_steps * trainer.world_size
@@ -57,7 +72,7 @@ def lm_callbacks(config: TrainConfig, trainer: Trainer, tokenizer, val_loader) -
                 *([HellaSwagCallback(tokenizer, c.hellaswag_interval, c.hellaswag_limit)] if c.hellaswag_interval else [])]
     main_only = [MetricsFile(metrics), ProgressLine(),
                  *([SampleText(tokenizer, c.sample_tokens, c.trainer.seed)] if c.sample_tokens else []),
-                 LossPlot(metrics, os.path.join(c.out_dir, "loss.png"))]
+                 LossPlot(metrics, os.path.join(c.out_dir, "loss.png")), *tracker_callbacks]
     checkpoints = Checkpoints(c.out_dir, c.save_interval, c.keep_checkpoints,
                               lambda t: {**model_checkpoint(t.raw_model, tokenizer, t.iter_num),
                                          "train_config": asdict(c)})
@@ -66,6 +81,7 @@ def lm_callbacks(config: TrainConfig, trainer: Trainer, tokenizer, val_loader) -
 
 def build_trainer(config: TrainConfig) -> tuple[Trainer, object]:
     """Everything train.py does before the loop -> (trainer with the recipe's callbacks, tokenizer)."""
+    tracker_callbacks = trackers(config)
     device = default_device() if config.trainer.device == "auto" else config.trainer.device
     d = init_distributed(device)
     if device == "cuda" and d.enabled:  # one GPU per process
@@ -102,7 +118,7 @@ def build_trainer(config: TrainConfig) -> tuple[Trainer, object]:
                       rank=d.rank, world_size=d.world_size, shuffle=False)
     trainer_config = replace(config.trainer, device=device, grad_accum_steps=grad_accum_steps(config, d.world_size))
     trainer = Trainer(trainer_config, model, train, dist=d if d.enabled else None)
-    for callback in lm_callbacks(config, trainer, tokenizer, val):
+    for callback in lm_callbacks(config, trainer, tokenizer, val, tracker_callbacks):
         trainer.add_callbacks(callback)
     if ckpt_file:
         trainer.load_state_dict({"iter_num": ckpt["step"], "data": ckpt.get("loader"), **ckpt})  # older files: loader

@@ -61,10 +61,11 @@ class TensorBoardCallback:
     def __init__(self, log_dir: str, hparams=None):
         try:
             from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard.summary import hparams as hparams_summaries
         except ImportError:
             raise GPTCoreError(f"TensorBoard logging needs the tensorboard package: pip install tensorboard "
                                f"(or {INSTALL})") from None
-        self._writer_class = SummaryWriter
+        self._writer_class, self._hparams_summaries = SummaryWriter, hparams_summaries
         self.log_dir, self.hparams = log_dir, hparams
         self.writer = None
 
@@ -74,9 +75,10 @@ class TensorBoardCallback:
         # resuming at step N: the killed run may have logged past N; purge_step hides its steps N+1 onwards, so the
         # log reads as one run (TensorBoard's own readers drop them)
         self.writer = self._writer_class(self.log_dir, purge_step=trainer.iter_num + 1 if trainer.iter_num else None)
-        from torch.utils.tensorboard.summary import hparams
-        # in this run's own event file, not add_hparams' separate sub-run: one run, one folder
-        for summary in hparams(flatten(self.hparams if self.hparams is not None else trainer.config), {}):
+        # in this run's own event file, not add_hparams' separate sub-run: one run, one folder. The HParams tab shows
+        # the loss scalars beside them.
+        settings = flatten(self.hparams if self.hparams is not None else trainer.config)
+        for summary in self._hparams_summaries(settings, dict.fromkeys(("loss", "val_loss"))):
             self.writer.file_writer.add_summary(summary)
 
     def on_batch_end(self, trainer):
@@ -119,7 +121,7 @@ class WandbCallback:
         os.makedirs(self.dir, exist_ok=True)
         # a resumed Trainer continues the run it started; a fresh one (step 0) starts a new run
         resuming = trainer.iter_num > 0 and os.path.exists(self.id_path)
-        run_id = open(self.id_path).read().strip() if resuming else self.wandb.util.generate_id()
+        run_id = open(self.id_path).read().strip() if resuming else None  # None: W&B makes one, saved below
         config = flatten(self.config if self.config is not None else trainer.config)
         self.run = self.wandb.init(project=self.project, name=self.name, dir=self.dir, id=run_id,
                                    resume="allow" if resuming else None, config=config, **self.init_kwargs)
