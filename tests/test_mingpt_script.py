@@ -1,4 +1,4 @@
-"""Issue 19, acceptance 1: a minGPT-style project script (tests/mingpt_style/chargpt.py) runs end to end.
+"""Issue 19, acceptance 1: a minGPT-style project script (tests/scripts/mingpt_chargpt.py) runs end to end.
 
 It runs the way a user runs it: a subprocess, overrides on the command line. The checks do not trust the script:
 model.pt goes into a fresh GPT, the greedy continuation is recomputed as the argmax of full forward passes (no
@@ -20,7 +20,7 @@ from gptcore import GPT
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
-SCRIPT = ROOT / "tests" / "mingpt_style" / "chargpt.py"
+SCRIPT = ROOT / "tests" / "scripts" / "mingpt_chargpt.py"
 
 
 @pytest.fixture(scope="module")
