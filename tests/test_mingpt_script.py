@@ -1,8 +1,9 @@
-"""Issue 19, acceptance 1: a minGPT-style project script (tests/mingpt_style/chargpt.py) runs end to end.
+"""Issue 19, acceptance 1: minGPT-style scripts run end to end on gptcore.
 
-It runs the way a user runs it: a subprocess, overrides on the command line. The checks do not trust the script:
-model.pt goes into a fresh GPT, the greedy continuation is recomputed as the argmax of full forward passes (no
-KV cache), and each top-k sampled character must be among the 10 most likely at its position.
+tests/scripts/mingpt_chargpt.py (minGPT's projects/chargpt) runs the way a user runs it: a subprocess, overrides on
+the command line. The checks do not trust the script: model.pt goes into a fresh GPT, the greedy continuation is
+recomputed as the argmax of full forward passes (no KV cache), and each top-k sampled character must be among the
+10 most likely at its position. minGPT's generate.ipynb flow runs in-process against transformers.
 """
 
 import json
@@ -15,12 +16,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from gptcore import GPT
+from gptcore.bpe import BPETokenizer
+from gptcore.tokenizer import GPT2Tokenizer
+from gptcore.utils import set_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
-SCRIPT = ROOT / "tests" / "mingpt_style" / "chargpt.py"
+SCRIPT = ROOT / "tests" / "scripts" / "mingpt_chargpt.py"
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +91,36 @@ def test_samples_match_the_saved_model(run):
         for t in range(13, len(sampled)):
             logits, _ = model(torch.tensor([sampled[:t]]))
             assert sampled[t] in logits[0, -1].topk(10).indices.tolist()
+
+
+def test_the_generate_notebook_flow_matches_transformers(tmp_path):
+    """minGPT's generate.ipynb: from_pretrained, BPETokenizer(), unconditional and prompted generation, decode rows.
+
+    On a random-weights GPT-2 folder saved by transformers; greedy ids must be transformers' argmax, step by step.
+    """
+    set_seed(3407)
+    reference = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64)).eval()
+    reference.save_pretrained(tmp_path / "gpt2-random")
+    model = GPT.from_pretrained(str(tmp_path / "gpt2-random"))
+    model.eval()
+    tokenizer = BPETokenizer()
+    tik = GPT2Tokenizer().enc
+
+    unconditional = torch.tensor([[tokenizer.encoder.encoder["<|endoftext|>"]]], dtype=torch.long)
+    prompted = tokenizer("Andrej Karpathy, the")
+    assert prompted[0].tolist() == tik.encode_ordinary("Andrej Karpathy, the")
+    for x in (unconditional, prompted):
+        x = x.expand(3, -1)
+        greedy = model.generate(x, max_new_tokens=6, do_sample=False)
+        expected = x[:1]
+        with torch.no_grad():
+            for _ in range(6):
+                logits = reference(expected).logits[0, -1]
+                top2 = logits.topk(2).values
+                assert top2[0] - top2[1] > 1e-4  # a clear winner, so float rounding cannot change the argmax
+                expected = torch.cat([expected, logits.argmax().view(1, 1)], dim=1)
+        assert (greedy == expected).all()  # every row of the batch
+        sampled = model.generate(x, max_new_tokens=6, do_sample=True, top_k=40)
+        assert sampled.shape == (3, x.size(1) + 6)
+        for row in sampled:
+            assert tokenizer.decode(row.cpu().squeeze()) == tik.decode(row.tolist())

@@ -3,7 +3,7 @@
 A minGPT user's script with only the imports changed: mingpt.model and mingpt.trainer become gptcore,
 mingpt.utils becomes gptcore.utils. tests/test_mingpt_script.py runs it on a slice of tinyshakespeare:
 
-    python tests/mingpt_style/chargpt.py --trainer.max_iters=50 --model.model_type=gpt-nano \
+    python tests/scripts/mingpt_chargpt.py --trainer.max_iters=50 --model.model_type=gpt-nano \
         --data.input_file=../shared/data/tinyshakespeare.txt --system.work_dir=/tmp/chargpt
 
 It prints a line every 10 iterations; at iterations 0 and 25 it samples from the model (greedy, then top-k) and
