@@ -3,7 +3,7 @@
 text8 (Mahoney, http://mattmahoney.net/dc/textdata.html) is lower-case a-z and space only. The standard split is
 the first 90M characters for training, the next 5M for validation and the last 5M for test; the test score is
 the mean over every one of the test characters. This is chargpt (projects/chargpt) on a benchmark: the same
-dataset of windows, learning-rate schedule and full-text scoring.
+dataset of windows and full-text scoring.
 
     python projects/text8/text8.py --out-dir out/text8                  # downloads text8.zip (31 MB) once
     python projects/text8/text8.py --input my_text8_like.txt --out-dir out/t   # any file in text8's alphabet
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # lets a fresh clone run this without installing gptcore
 from gptcore import CharTokenizer, GPT, GPTCoreError, Trainer  # noqa: E402
 from gptcore.fileio import atomic_path, write_json  # noqa: E402
-from projects.chargpt.chargpt import CharDataset, cosine_lr, score  # noqa: E402
+from projects.chargpt.chargpt import CharDataset, score  # noqa: E402
 
 ALPHABET = " abcdefghijklmnopqrstuvwxyz"
 URL = "http://mattmahoney.net/dc/text8.zip"
@@ -95,7 +95,7 @@ def main():
     parser.add_argument("--block-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-iters", type=int, default=50_000)
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="peak; cosine decay to a tenth of it")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="peak, after 5%% of steps; cosine decay to a tenth of it")
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--out-dir", default="out/text8")
@@ -123,15 +123,15 @@ def main():
 
     train_config = Trainer.get_default_config()
     train_config.batch_size = args.batch_size
-    train_config.learning_rate = cosine_lr(0, args.max_iters, args.learning_rate)  # step 0's; then on_batch_end sets it
+    train_config.learning_rate = args.learning_rate
+    train_config.warmup_iters = max(1, args.max_iters // 20)
+    train_config.min_lr = args.learning_rate / 10  # cosine decay to it at max_iters
     train_config.max_iters = args.max_iters
     train_config.num_workers = 0  # the text is one tensor in memory
     trainer = Trainer(train_config, model, CharDataset(ids[:n_train], args.block_size))
     bar = tqdm(total=args.max_iters, desc="text8", unit="it")
 
     def on_batch_end(trainer):
-        for group in trainer.optimizer.param_groups:
-            group["lr"] = cosine_lr(trainer.iter_num + 1, args.max_iters, args.learning_rate)  # the next step's
         bar.update(1)
         if trainer.iter_num % 10 == 0:
             bar.set_postfix(loss=f"{trainer.loss.item():.3f}")
