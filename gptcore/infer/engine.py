@@ -122,12 +122,20 @@ class Generator:
             raise GPTCoreError(f"quantize must be None or one of {', '.join(QUANTIZE)}, got {quantize!r}")
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
-        self.dtype = parse_dtype(dtype) or generation_dtype(self.device, cpu_kernels.linear_for)
+        self.dtype = parse_dtype(dtype) or generation_dtype(self.device, self._has_bf16_kernel(quantize))
         self.quantize = quantize
         self.block_size = model.config.block_size
         self._model = model
         self._runner, self._version = None, None
         self._caches = []  # caches no run is using; a run takes one and gives it back
+
+    def _has_bf16_kernel(self, quantize) -> bool:
+        """Whether this device has a kernel that streams bf16 (or int8 with bf16 activations) weights well."""
+        if self.device.type != "cpu":
+            return True
+        if quantize == "int8":
+            return cpu_kernels.int8_mm_works("cpu", torch.bfloat16)
+        return cpu_kernels.packed_linear_works(torch.bfloat16)
 
     @property
     def model(self):
