@@ -244,6 +244,7 @@ class Generator:
             rows.append(_Row(i, r, i, block_size, self._stop_token(r), text, gen))
         max_len = max(min(block_size, min(len(r.ids), block_size) + r.max_new_tokens) for r in requests)
         cache = self._take_cache(len(requests), max_len)
+        model = self._inference_model()  # checked once per run: the weights as they are when the run starts
         try:
             while rows:
                 events = []
@@ -251,7 +252,6 @@ class Generator:
                     rows.remove(row)
                     events.append(Event(row.index, None, "", "cancelled"))
                 if rows:
-                    model = self._inference_model()
                     inputs = [r.pending(block_size) for r in rows]
                     # fresh windows (prefills) and single new tokens go in separate forwards: padding a decode step
                     # to a prompt's length would waste the step
