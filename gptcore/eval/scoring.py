@@ -30,7 +30,8 @@ HEAD_ROWS_CPU = 64
 @dataclass
 class Score:
     """One request's result: sum of log-probabilities of the continuation tokens (natural log), their count,
-    and whether greedy decoding (argmax at each position, given the true prefix) yields the whole continuation."""
+    and whether greedy decoding (argmax at each position, given the true prefix; a tie counts as a hit) yields the
+    whole continuation."""
     logprob: float
     n_tokens: int
     greedy: bool
