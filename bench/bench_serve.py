@@ -1,7 +1,8 @@
 """Load test of serve.py: 1, 4 and 16 concurrent streaming clients, on loopback, in interleaved rounds.
 
 serve.py runs as its own process (the real server, its defaults unless flags say otherwise); this process runs the
-clients, one thread each, with the official openai client. Each client sends streaming completions one after the
+clients, one thread each, reading the event stream with the standard library (the openai client's per-chunk
+objects would take CPU from the server they share the cores with). Each client sends streaming completions one after the
 other (max_tokens each, usage included) until its round's time is up, then finishes the one in flight. Every
 concurrency gets --seconds in total, split into --rounds rounds run in turn (1, 4, 16, 1, 4, 16, ...), so a busy
 machine slows them alike. Reported per concurrency: aggregate completion tok/s (all clients' tokens over the round's
@@ -14,6 +15,7 @@ goal is >= 2.5x with 0 errors. Bounded: at most --max-requests per client per ro
 
 import argparse
 import collections
+import http.client
 import json
 import os
 import socket
@@ -61,14 +63,16 @@ def start_server(args, port: int) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def wait_until_up(client, proc, seconds: float = 300):
+def wait_until_up(port: int, proc, seconds: float = 300) -> str:
+    """Waits for serve.py to answer; returns the name of its model."""
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         if proc.poll() is not None:
             sys.exit(f"error: serve.py exited: {proc.stderr.read().strip().splitlines()[-1]}")
         try:
-            return client.models.list().data[0].id
-        except Exception:  # not listening yet
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=60) as response:
+                return json.load(response)["model"]
+        except OSError:  # not listening yet
             time.sleep(0.5)
     sys.exit(f"error: serve.py did not answer within {seconds:.0f} s")
 
@@ -79,35 +83,54 @@ def batch_sizes(port: int) -> collections.Counter:
         return collections.Counter({int(k): v for k, v in json.load(response)["batch_sizes"].items()})
 
 
-def one_round(client, model: str, clients: int, seconds: float, args) -> dict:
+def stream_completion(conn: http.client.HTTPConnection, body: bytes) -> tuple[float | None, int]:
+    """One streamed completion on a kept-alive connection -> (seconds to the first chunk, completion tokens).
+    A plain SSE reader, so that the clients take as little of the CPU they share with the server as they can."""
+    start = time.perf_counter()
+    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    if response.status != 200:
+        raise RuntimeError(f"HTTP {response.status}: {response.read()[:200]!r}")
+    first, tokens = None, 0
+    while line := response.readline():
+        if not line.startswith(b"data: {"):
+            continue
+        chunk = json.loads(line[6:])
+        if "error" in chunk:
+            raise RuntimeError(chunk["error"]["message"])
+        if chunk["choices"] and first is None:
+            first = time.perf_counter() - start
+        if chunk.get("usage"):
+            tokens = chunk["usage"]["completion_tokens"]
+    return first, tokens
+
+
+def one_round(port: int, model: str, clients: int, seconds: float, args) -> dict:
     """Runs `clients` threads for `seconds`; returns their requests' tokens, TTFTs, errors and the wall time."""
     lock = threading.Lock()
     stats = {"tokens": 0, "ttft": [], "errors": [], "sent": 0, "done": 0}
     end = time.monotonic() + seconds
+    body = json.dumps({"model": model, "prompt": PROMPT, "max_tokens": args.max_tokens, "temperature": 1.0,
+                       "stream": True, "stream_options": {"include_usage": True}}).encode()
 
     def loop():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         for _ in range(args.max_requests):
             if time.monotonic() >= end:
-                return
+                break
             with lock:
                 stats["sent"] += 1
-            start = time.perf_counter()
-            first, tokens = None, 0
             try:
-                stream = client.completions.create(model=model, prompt=PROMPT, max_tokens=args.max_tokens,
-                                                   temperature=1.0, stream=True, stream_options={"include_usage": True})
-                for chunk in stream:
-                    if chunk.choices and first is None:
-                        first = time.perf_counter() - start
-                    if chunk.usage is not None:
-                        tokens = chunk.usage.completion_tokens
+                first, tokens = stream_completion(conn, body)
                 with lock:
                     stats["done"] += 1
                     stats["tokens"] += tokens
                     stats["ttft"].append(first)
             except Exception as e:  # counted, not raised: a load test reports its failures
+                conn.close()
                 with lock:
                     stats["errors"].append(f"{type(e).__name__}: {e}")
+        conn.close()
 
     threads = [threading.Thread(target=loop) for _ in range(clients)]
     start = time.perf_counter()
@@ -137,20 +160,17 @@ def main():
     args = parse_args()
     if args.seconds <= 0 or args.rounds < 1 or args.max_tokens < 1 or args.max_requests < 1:
         sys.exit("error: --seconds, --rounds, --max-tokens and --max-requests must be positive")
-    import openai
-
     port = free_port()
     proc = start_server(args, port)
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
     try:
-        model = wait_until_up(client, proc)
-        one_round(client, model, 2, 1.0, args)  # warm-up: the engine's first batches, the clients' connections
+        model = wait_until_up(port, proc)
+        one_round(port, model, 2, 1.0, args)  # warm-up: the engine's first batches, the clients' connections
         load_before = os.getloadavg()[0]
         rounds = {c: [] for c in CONCURRENCY}
         for r in range(args.rounds):
             for c in CONCURRENCY:
                 before = batch_sizes(port)
-                result = one_round(client, model, c, args.seconds / args.rounds, args)
+                result = one_round(port, model, c, args.seconds / args.rounds, args)
                 result["batches"] = batch_sizes(port) - before
                 rounds[c].append(result)
                 print(f"round {r + 1}/{args.rounds}, {c} clients: {result['tokens'] / result['wall']:.1f} tok/s, "
@@ -178,7 +198,7 @@ def main():
     met = speedup[4] >= 2.5 and all(not result["errors"] for c in CONCURRENCY for result in rounds[c])
     details = [f"CPU flags: {cpu_flags()}",
                f"serve.py on the {'committed checkpoint' if not args.checkpoint else args.checkpoint} as '{model}', "
-               f"--dtype {args.dtype}, --max-batch {args.max_batch}; clients: threads with the openai client, "
+               f"--dtype {args.dtype}, --max-batch {args.max_batch}; clients: threads reading the SSE stream, "
                f"streaming, max_tokens {args.max_tokens}, temperature 1",
                f"{args.seconds:g} s per concurrency in {args.rounds} interleaved rounds; load average (1 min) "
                f"{load_before:.2f} before, {load_after:.2f} after (other processes share these cores)",
