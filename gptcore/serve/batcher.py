@@ -5,9 +5,11 @@ Whenever the engine is free, the worker takes up to max_batch of them and decode
 batched forward per step for all rows. A row that finishes or is cancelled costs nothing from its next step on;
 rows that arrive while a batch decodes wait for the next one (Generator.run takes its rows at the start).
 
-Gathering. Clients that were served together tend to come back together, a few milliseconds apart. So before a
-batch starts, it waits up to GATHER_SECONDS while fewer rows wait than the previous batch had (and than max_batch);
-a lone client, whose previous batch was just its own row, never waits.
+Gathering. Clients served together tend to come back together, a few milliseconds apart. So when a batch ends,
+the next one waits up to GATHER_SECONDS until as many rows wait as the ended batch had plus those already waiting
+(at most max_batch). Without that, 4 clients settle into two alternating batches of 2, each half waiting out the
+other's whole generation; with it they share one batch of 4. A lone client never waits: its previous batch was
+its own single row.
 
 Admission is decided at once: a submit that would take the rows in the system (waiting or decoding) past
 max_batch + max_queue raises QueueFull, which the server answers with 503 rather than letting the client hang.
@@ -116,9 +118,10 @@ class Scheduler:
 
     def _next_batch(self, expected: int) -> list[_Row] | None:
         """Blocks until rows wait; returns up to max_batch of them, or None once closed. `expected`: how many rows
-        the previous batch had, worth waiting GATHER_SECONDS for."""
-        want = min(self.max_batch, expected)
+        the previous batch had."""
         with self._cond:
+            # the rows already waiting, plus the previous batch's, whose clients may be about to send their next
+            want = min(self.max_batch, expected + self._live_waiting())
             while not self._closed:
                 if not self._live_waiting():
                     self._cond.wait()
