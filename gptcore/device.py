@@ -24,7 +24,7 @@ def cpu_bf16_is_faster() -> bool:
     """Whether bf16 matmuls clearly beat fp32 on this CPU, measured once (about 0.4 s).
 
     Flags don't tell: with AMX, bf16 runs ~2.6x faster than fp32; with AVX512-BF16 alone it can run slower, and
-    without oneDNN it is emulated. The two are timed in alternation, five times each, and compared by median.
+    without oneDNN it is emulated. The two are timed in alternation and compared by fastest().
     """
     if not torch.backends.mkldnn.is_available():
         return False
@@ -68,34 +68,16 @@ def bf16_helps(device: str) -> bool:
     return kind == "cpu" and cpu_bf16_is_faster()
 
 
-_GENERATION_DTYPES = {}
+def generation_dtype(device, bf16_kernel: bool = True) -> torch.dtype:
+    """The weight dtype generation defaults to on device, without quantizing: bf16 where bf16 matmuls are measured
+    faster than fp32 (bf16_helps: GPUs with bf16, CPUs with AMX) and the caller has a bf16 kernel that streams
+    weights well (bf16_kernel; on CPUs, weights packed once for oneDNN); else fp32.
 
-
-def generation_dtype(device, linear_for=None) -> torch.dtype:
-    """The weight dtype that decodes fastest on device, without quantizing: bf16 on GPUs that support it; on CPUs,
-    whichever of fp32 and bf16 runs a decode step's matrix-vector products faster, measured once (about 0.3 s).
-
-    Decoding is memory-bound: every weight is read once per token, so half the bytes can be up to twice the speed,
-    but only with a kernel that streams bf16 weights well (on CPUs, weights packed once for oneDNN; a plain bf16
-    matmul repacks them on every call and runs slower than fp32). linear_for(weight) -> a function of x is how
-    the caller runs a linear layer in a dtype (gptcore.infer.cpu_kernels.linear_for); by default F.linear.
+    Decoding is memory-bound: every weight is read once per token, so half the bytes is up to twice the speed. The
+    choice rests on the compute-bound measurement because its effect is large (~2.6x with AMX) where a decode-step
+    measurement's (~1.4x) drowns in the noise of a shared machine and flips from one process to the next.
     """
-    kind = torch.device(device).type
-    if kind == "cuda":
-        return torch.bfloat16 if bf16_helps(device) else torch.float32
-    if kind != "cpu":
-        return torch.float32
-    if kind not in _GENERATION_DTYPES:
-        linear_for = linear_for or (lambda w: lambda x: F.linear(x, w))
-        gen = torch.Generator().manual_seed(0)
-        shapes = [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * 2  # two GPT-2 124M blocks' products
-        candidates = {}
-        for dtype in (torch.float32, torch.bfloat16):
-            layers = [(linear_for(torch.randn(o, i, generator=gen).to(dtype)), torch.randn(1, i).to(dtype))
-                      for o, i in shapes]
-            candidates[dtype] = (lambda layers=layers: [f(x) for f, x in layers],)
-        _GENERATION_DTYPES[kind] = fastest(candidates, margin=0.9)
-    return _GENERATION_DTYPES[kind]
+    return torch.bfloat16 if bf16_kernel and bf16_helps(device) else torch.float32
 
 
 def peak_flops(device: str) -> float | None:

@@ -122,12 +122,20 @@ class Generator:
             raise GPTCoreError(f"quantize must be None or one of {', '.join(QUANTIZE)}, got {quantize!r}")
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
-        self.dtype = parse_dtype(dtype) or generation_dtype(self.device, cpu_kernels.linear_for)
+        self.dtype = parse_dtype(dtype) or generation_dtype(self.device, self._has_bf16_kernel(quantize))
         self.quantize = quantize
         self.block_size = model.config.block_size
         self._model = model
         self._runner, self._version = None, None
         self._caches = []  # caches no run is using; a run takes one and gives it back
+
+    def _has_bf16_kernel(self, quantize) -> bool:
+        """Whether this device has a kernel that streams bf16 (or int8 with bf16 activations) weights well."""
+        if self.device.type != "cpu":
+            return True
+        if quantize == "int8":
+            return cpu_kernels.int8_mm_works("cpu", torch.bfloat16)
+        return cpu_kernels.packed_linear_works(torch.bfloat16)
 
     @property
     def model(self):
@@ -236,6 +244,7 @@ class Generator:
             rows.append(_Row(i, r, i, block_size, self._stop_token(r), text, gen))
         max_len = max(min(block_size, min(len(r.ids), block_size) + r.max_new_tokens) for r in requests)
         cache = self._take_cache(len(requests), max_len)
+        model = self._inference_model()  # checked once per run: the weights as they are when the run starts
         try:
             while rows:
                 events = []
@@ -243,7 +252,6 @@ class Generator:
                     rows.remove(row)
                     events.append(Event(row.index, None, "", "cancelled"))
                 if rows:
-                    model = self._inference_model()
                     inputs = [r.pending(block_size) for r in rows]
                     # fresh windows (prefills) and single new tokens go in separate forwards: padding a decode step
                     # to a prompt's length would waste the step
