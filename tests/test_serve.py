@@ -25,8 +25,8 @@ PROMPTS = ["The quick brown fox", "Once upon a time", "import numpy as np", "To 
 
 
 @pytest.fixture(scope="module")
-    """Context 8192: long requests (8000 tokens) are still running when a test disconnects or queues behind them."""
 def ckpt(tmp_path_factory):
+    """Context 8192: long requests (8000 tokens) are still running when a test disconnects or queues behind them."""
     return tiny_checkpoint(tmp_path_factory.mktemp("serve") / "tiny.pt", block_size=8192)
 
 
