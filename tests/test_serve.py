@@ -26,7 +26,8 @@ PROMPTS = ["The quick brown fox", "Once upon a time", "import numpy as np", "To 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("serve") / "tiny.pt", block_size=1024)
+    """Context 8192: long requests (8000 tokens) are still running when a test disconnects or queues behind them."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("serve") / "tiny.pt", block_size=8192)
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +174,7 @@ def test_models_health_and_page(server, client):
 BAD = [
     ({"prompt": "x", "max_tokens": -1}, 400, "max_tokens"),
     ({"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
-    ({"prompt": "x", "max_tokens": 1024}, 400, "max_tokens"),  # 1 prompt token + 1024 > the context of 1024
+    ({"prompt": "x", "max_tokens": 8192}, 400, "max_tokens"),  # 1 prompt token + 8192 > the context of 8192
     ({"prompt": "x", "max_tokens": "5"}, 400, "max_tokens"),
     ({"prompt": "x", "temperature": -0.5}, 400, "temperature"),
     ({"prompt": "x", "top_p": 0}, 400, "top_p"),
@@ -186,7 +187,7 @@ BAD = [
     ({"prompt": []}, 400, "prompt"),
     ({"prompt": [[1, 2], 3]}, 400, "prompt"),
     ({"prompt": [50257]}, 400, "prompt"),  # not a token id
-    ({"prompt": " a" * 1100}, 400, "prompt"),  # longer than the context
+    ({"prompt": " a" * 8300}, 400, "prompt"),  # longer than the context
     ({"prompt": "x", "model": "gpt-4"}, 404, "model"),
     ({"max_tokens": 3}, 400, "prompt"),
 ]
@@ -194,8 +195,8 @@ BAD_CHAT = [
     ({"messages": []}, 400, "messages"),
     ({"messages": [{"role": "robot", "content": "x"}]}, 400, "messages.0.role"),
     ({"messages": [{"role": "user"}]}, 400, "messages.0.content"),
-    ({"messages": [{"role": "user", "content": " a" * 1100}]}, 400, "messages"),
-    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1020}, 400, "max_tokens"),
+    ({"messages": [{"role": "user", "content": " a" * 8300}]}, 400, "messages"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8190}, 400, "max_tokens"),
     ({"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": -3}, 400, "max_completion_tokens"),
     ({"messages": [{"role": "user", "content": "hi"}], "temperature": float("nan")}, 400, "temperature"),
 ]
@@ -250,7 +251,7 @@ def test_concurrent_streams_share_decode_steps(server, client, greedy):
     """4 streams queued behind a running request start together as one batch of 4, and each gets exactly
     what it would get alone."""
     url, scheduler = server
-    blocker = raw_stream(url, {"model": "tiny", "prompt": "block", "max_tokens": 1000})
+    blocker = raw_stream(url, {"model": "tiny", "prompt": "block", "max_tokens": 8000})
     results = {}
 
     def stream(prompt):
@@ -272,7 +273,7 @@ def test_concurrent_streams_share_decode_steps(server, client, greedy):
 def test_full_queue_answers_503_at_once_and_a_disconnect_frees_the_slot(ckpt, caplog):
     with running_server(ckpt, max_batch=1, max_queue=0) as (url, _):
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
-        first = raw_stream(url, {"model": "tiny", "prompt": "long", "max_tokens": 1000})
+        first = raw_stream(url, {"model": "tiny", "prompt": "long", "max_tokens": 8000})
         status, body = call(url, "POST", "/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 2})
         assert status == 503 and body["error"]["code"] == "overloaded"
         with pytest.raises(openai.InternalServerError):
@@ -284,21 +285,21 @@ def test_full_queue_answers_503_at_once_and_a_disconnect_frees_the_slot(ckpt, ca
         # a non-streamed request whose client leaves is cancelled too, logged as 499 with the tokens it got
         with caplog.at_level("INFO", logger="gptcore.serve"):
             sock = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
-            data = json.dumps({"model": "tiny", "prompt": "bye", "max_tokens": 1000}).encode()
+            data = json.dumps({"model": "tiny", "prompt": "bye", "max_tokens": 8000}).encode()
             sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(data) + data)
             wait_for(lambda: health(url)["rows"] == 1 and health(url)["waiting"] == 0, "the request to start")
             sock.close()
             wait_for(lambda: any("(disconnected)" in r.message for r in caplog.records), "the disconnect log line")
         line = next(r.message for r in caplog.records if "(disconnected)" in r.message)
         assert " POST /v1/completions 499 " in line
-        assert int(line.split("completion=")[1].split()[0]) < 1000
+        assert int(line.split("completion=")[1].split()[0]) < 8000
         wait_for(lambda: health(url)["rows"] == 0, "the slot to free")
         assert_still_serving(client)
 
 
 def test_requests_time_out_with_504_and_free_their_rows(ckpt):
     with running_server(ckpt, max_batch=2, timeout=0.05) as (url, _):
-        long = {"model": "tiny", "prompt": "slow", "max_tokens": 1000}  # far more than 50 ms of decoding
+        long = {"model": "tiny", "prompt": "slow", "max_tokens": 8000}  # far more than 50 ms of decoding
         status, body = call(url, "POST", "/v1/completions", long)
         assert status == 504 and body["error"]["code"] == "timeout"
         status, text = call(url, "POST", "/v1/completions", {**long, "stream": True})

@@ -207,15 +207,19 @@ class Job:
         self.queue = asyncio.Queue()
         self.deadline = self.loop.time() + timeout
         try:
-            self.ticket = scheduler.submit(rows, self._on_event)
+            self.ticket = scheduler.submit(rows, self._on_events)
         except QueueFull as e:
             raise APIError(503, f"the server is busy: {e}", type="server_error", code="overloaded") from None
 
-    def _on_event(self, index, event):  # on the worker thread
+    def _on_events(self, items):  # on the worker thread: one step's (index, event) pairs of this request's rows
         try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, event))
+            self.loop.call_soon_threadsafe(self._put_all, items)
         except RuntimeError:  # the event loop has closed: the server is shutting down
             pass
+
+    def _put_all(self, items):
+        for item in items:
+            self.queue.put_nowait(item)
 
     async def events(self):
         """(row index, Event) until every row has finished; raises APIError past the timeout or if the engine

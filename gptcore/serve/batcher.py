@@ -1,10 +1,15 @@
 """Step-level batching: one worker thread owns the engine, and requests that wait together decode together.
 
 An HTTP request becomes one or more rows (engine Requests: one per prompt and choice). Rows wait in a FIFO queue.
-Whenever the engine is free, the worker takes up to max_batch of them (waiting up to GATHER_SECONDS for more when
-fewer are there, so clients that send at the same moment share a batch) and decodes them with Generator.run: one
+Whenever the engine is free, the worker takes up to max_batch of them and decodes them with Generator.run: one
 batched forward per step for all rows. A row that finishes or is cancelled costs nothing from its next step on;
-rows that arrive while a batch decodes wait for the next one.
+rows that arrive while a batch decodes wait for the next one (Generator.run takes its rows at the start).
+
+Gathering. Clients served together tend to come back together, a few milliseconds apart. So when a batch ends,
+the next one waits up to GATHER_SECONDS until as many rows wait as the ended batch had plus those already waiting
+(at most max_batch). Without that, 4 clients settle into two alternating batches of 2, each half waiting out the
+other's whole generation; with it they share one batch of 4. A lone client never waits: its previous batch was
+its own single row.
 
 Admission is decided at once: a submit that would take the rows in the system (waiting or decoding) past
 max_batch + max_queue raises QueueFull, which the server answers with 503 rather than letting the client hang.
@@ -20,7 +25,7 @@ import time
 
 MAX_BATCH = 8  # rows decoded together; more rows per step is more tok/s in total until the device saturates
 MAX_QUEUE = 64  # rows waiting beyond a full batch before new requests are refused
-GATHER_SECONDS = 0.01  # how long a batch with free rows waits for more to arrive: far below one prefill
+GATHER_SECONDS = 0.05  # the longest a batch waits for the previous batch's clients to come back
 
 log = logging.getLogger("gptcore.serve")
 
@@ -37,12 +42,13 @@ class _Row:
 
 
 class Ticket:
-    """One caller's rows. on_event(index, event) is called from the worker thread with each engine Event of row
-    `index` (its finish_reason set on the last), or with an exception if the engine failed."""
+    """One caller's rows. on_events([(index, event), ...]) is called from the worker thread once per step with
+    the engine Events of the ticket's rows (each row's last has finish_reason set), or with an exception in
+    place of the event if the engine failed."""
 
-    def __init__(self, requests, on_event):
+    def __init__(self, requests, on_events):
         self.rows = [_Row(self, i, r) for i, r in enumerate(requests)]
-        self.on_event = on_event
+        self.on_events = on_events
 
 
 class Scheduler:
@@ -74,9 +80,9 @@ class Scheduler:
             self._cond.notify_all()
         self._thread.join()
 
-    def submit(self, requests, on_event) -> Ticket:
+    def submit(self, requests, on_events) -> Ticket:
         """Queues the requests as rows of one Ticket; raises QueueFull at once if there is no room for all."""
-        ticket = Ticket(requests, on_event)
+        ticket = Ticket(requests, on_events)
         with self._cond:
             if self._closed or self._in_system + len(requests) > self.capacity:
                 raise QueueFull(f"the server holds {self._in_system} of {self.capacity} rows; retry later")
@@ -105,41 +111,53 @@ class Scheduler:
             row.request.cancelled = True  # a no-op for a row the engine already finished
             self._in_system -= 1
 
-    def _next_batch(self) -> list[_Row] | None:
-        """Blocks until rows wait; returns up to max_batch of them, or None once closed."""
+    def _live_waiting(self) -> int:
+        """Call with the lock held: drops cancelled rows from the queue, returns how many remain."""
+        self._waiting = collections.deque(row for row in self._waiting if not row.done)
+        return len(self._waiting)
+
+    def _next_batch(self, expected: int) -> list[_Row] | None:
+        """Blocks until rows wait; returns up to max_batch of them, or None once closed. `expected`: how many rows
+        the previous batch had."""
         with self._cond:
-            while True:
-                self._waiting = collections.deque(row for row in self._waiting if not row.done)
-                if self._closed:
-                    return None
-                if not self._waiting:
+            # the rows already waiting, plus the previous batch's, whose clients may be about to send their next
+            want = min(self.max_batch, expected + self._live_waiting())
+            while not self._closed:
+                if not self._live_waiting():
                     self._cond.wait()
                     continue
                 end = time.monotonic() + GATHER_SECONDS
-                while len(self._waiting) < self.max_batch and not self._closed and time.monotonic() < end:
+                while self._live_waiting() < want and not self._closed and time.monotonic() < end:
                     self._cond.wait(end - time.monotonic())
-                self._waiting = collections.deque(row for row in self._waiting if not row.done)
                 batch = [self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))]
                 if batch:
                     self.batch_sizes[len(batch)] += 1
                     self._running = batch
                     return batch
+            return None
 
     def _work(self):
-        while (batch := self._next_batch()) is not None:
+        previous = 1
+        while (batch := self._next_batch(previous)) is not None:
+            previous = len(batch)
             try:
                 for events in self.engine.run([row.request for row in batch]):
-                    for event in events:
-                        row = batch[event.index]
-                        if event.finish_reason is not None:
-                            with self._cond:
+                    by_ticket = collections.defaultdict(list)
+                    with self._cond:
+                        for event in events:
+                            row = batch[event.index]
+                            if event.finish_reason is not None:
                                 self._free(row)
-                        row.ticket.on_event(row.index, event)
+                            by_ticket[row.ticket].append((row.index, event))
+                    for ticket, ticket_events in by_ticket.items():
+                        ticket.on_events(ticket_events)
             except Exception as e:  # the engine failed: every row of the batch hears it, and the server goes on
                 log.exception("the engine failed on a batch of %d rows", len(batch))
-                for row in batch:
-                    with self._cond:
-                        failed = not row.done
+                failed = collections.defaultdict(list)
+                with self._cond:
+                    for row in batch:
+                        if not row.done:
+                            failed[row.ticket].append((row.index, e))
                         self._free(row)
-                    if failed:
-                        row.ticket.on_event(row.index, e)
+                for ticket, ticket_events in failed.items():
+                    ticket.on_events(ticket_events)
