@@ -12,7 +12,7 @@ from dataclasses import asdict, replace
 import torch
 
 from ..checkpoint import export_model, latest_checkpoint, load_checkpoint, model_checkpoint
-from ..data import ShardLoader, read_meta
+from ..data import ShardLoader, read_meta, shard_token_count
 from ..device import cpu_matmul_peak, default_device, peak_flops
 from ..errors import GPTCoreError
 from ..model import GPT, GPTConfig
@@ -109,13 +109,14 @@ def build_trainer(config: TrainConfig) -> tuple[Trainer, object]:
     if ckpt_file:
         trainer.load_state_dict({"iter_num": ckpt["step"], "data": ckpt.get("loader"), **ckpt})  # older files: loader
     if d.is_main:
-        print(opening(config, trainer, meta, ckpt_file))
+        print(opening(config, trainer, meta, ckpt_file, tokens=[sum(map(shard_token_count, loader.files))
+                                                                for loader in (train, val)]))
     for callback in lm_callbacks(config, trainer, tokenizer, val):
         trainer.add_callbacks(callback)
     return trainer, tokenizer
 
 
-def opening(config: TrainConfig, trainer: Trainer, meta: dict, ckpt_file: str | None) -> str:
+def opening(config: TrainConfig, trainer: Trainer, meta: dict, ckpt_file: str | None, tokens: list[int]) -> str:
     """The run's first lines: device, dtype and why, the model's size, the data, the out dir, and new or resumed."""
     model = trainer.raw_model
     m = model.config
@@ -129,7 +130,7 @@ def opening(config: TrainConfig, trainer: Trainer, meta: dict, ckpt_file: str | 
         f"device {trainer.device}, {trainer.dtype} ({trainer.dtype_reason})",
         f"model {model.num_params():,} parameters: {m.n_layer} layers, {m.n_head} heads, {m.n_embd} wide, "
         f"context {m.block_size}",
-        f"data {config.data}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens "
+        f"data {config.data}: {tokens[0]:,} train and {tokens[1]:,} val tokens "
         f"({meta['tokenizer']['type']} tokenizer, vocab {meta['vocab_size']:,})",
         f"out dir {config.out_dir}: {start}"])
 
