@@ -4,26 +4,32 @@ Resumes from the newest checkpoint in --out-dir by itself, or starts from scratc
 Every flag is a field of gptcore.train.TrainConfig, of its model (gptcore.GPTConfig) or of its trainer
 (gptcore.train.TrainerConfig). --preset sets a bundle of them, the dataclasses' defaults fill in the rest, and flags
 override both. The defaults shown below are those of the default preset, quickstart.
+
+Paths: a path given in a flag is relative to the working directory; the presets' --data and --out-dir (data/<name>,
+out/<preset>) are anchored to the repository, where data/prepare.py writes, wherever this is run from.
 """
 
 import argparse
+import os
 import sys
 import typing
 
 from gptcore.errors import GPTCoreError
 from gptcore.train import TRAIN_PRESETS, TrainConfig
-from gptcore.train.config import flat_fields
+from gptcore.train.config import PRESET_TIMES, flat_fields
 from gptcore.train.recipe import train
 
 DEFAULT_PRESET = "quickstart"
+ROOT = os.path.dirname(os.path.abspath(__file__))
 OLD_SPELLINGS = {"max_iters": "--max-steps", "warmup_iters": "--warmup-steps", "grad_norm_clip": "--grad-clip"}
 
 
 def parse_args(argv=None) -> tuple[TrainConfig, str | None]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    times = "; ".join(f"{name}: {cpu} on a 2-core CPU, {gpu} on one GPU" for name, (cpu, gpu) in PRESET_TIMES.items())
     parser.add_argument("--preset", default=DEFAULT_PRESET,
                         help=f"bundle of defaults, overridden by flags: {', '.join(TRAIN_PRESETS)} "
-                             f"(default: {DEFAULT_PRESET})")
+                             f"(default: {DEFAULT_PRESET}). Expected wall time: {times}")
     defaults = TrainConfig()
     preset_fields = {name for preset in TRAIN_PRESETS.values() for name in preset}
     # what a flag left out actually gets without --preset: the default preset's value, else the dataclass default
@@ -47,12 +53,16 @@ def parse_args(argv=None) -> tuple[TrainConfig, str | None]:
     args = vars(parser.parse_args(argv))
     preset, export = args.pop("preset"), args.pop("export")
     settings = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items() if v is not None}
-    return TrainConfig.from_preset(preset, **settings), export
+    config = TrainConfig.from_preset(preset, **settings)
+    for name in ("data", "out_dir"):  # a default is the repository's folder; a flag's path is the working directory's
+        if name not in settings:
+            setattr(config, name, os.path.relpath(os.path.join(ROOT, getattr(config, name))))
+    return config, export
 
 
-def main():
+def main(argv=None):
     try:
-        config, export = parse_args()
+        config, export = parse_args(argv)
         train(config, export)
     except GPTCoreError as e:
         print(f"error: {e}", file=sys.stderr)

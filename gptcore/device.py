@@ -88,6 +88,20 @@ def generation_dtype(device, bf16_kernel: bool = True) -> torch.dtype:
     return torch.bfloat16 if bf16_kernel and bf16_helps(device) else torch.float32
 
 
+def training_dtype(device: str, asked: str | None = None) -> tuple[str, str]:
+    """(dtype training computes in, why): what was asked for, else bfloat16 autocast where it is faster."""
+    if asked:
+        return asked, "as asked (--dtype)"
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return (("bfloat16", "this GPU supports bf16") if bf16_helps(device)
+                else ("float32", "this GPU lacks bf16"))
+    if kind == "cpu":
+        return (("bfloat16", "bf16 matmuls measured faster than fp32 on this CPU") if bf16_helps(device)
+                else ("float32", "bf16 matmuls measured no faster than fp32 on this CPU"))
+    return "float32", f"bf16 autocast is not used on {kind}"
+
+
 def peak_flops(device: str) -> float | None:
     """The device's bf16 peak in FLOP/s when known, for MFU; None for CPUs and unknown GPUs."""
     if torch.device(device).type != "cuda":
@@ -103,8 +117,9 @@ def measure_matmul_peak(device: str, dtype=torch.float32, n: int = 2048, seconds
     After a warm-up, `repeats` timings of about seconds/repeats each; the median, so one busy moment (another
     process, a frequency change) moves the result little.
     """
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    gen = torch.Generator(device=device).manual_seed(0)  # the global RNG, which a run's determinism rests on, is untouched
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
     for _ in range(2):
         a @ b  # warm-up: thread pools, kernel selection, caches
     rates = []

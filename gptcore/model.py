@@ -12,7 +12,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from . import hf
-from .errors import GPTCoreError
+from .errors import GPTCoreError, check_range
 
 # model_type -> (n_layer, n_head, n_embd): OpenAI's GPT-1 and four GPT-2 sizes, Gopher's smallest, minGPT's small ones
 PRESETS = {
@@ -69,8 +69,16 @@ class GPTConfig:
         for name in ("vocab_size", "block_size"):
             if getattr(self, name) is None:
                 raise GPTCoreError(f"config.{name} is not set; set it (from your data) before building the GPT")
+        for name, value in {**sizes, "vocab_size": self.vocab_size, "block_size": self.block_size}.items():
+            check_range(name, value, kind=int, low=1)
+        for name in ("dropout", "embd_pdrop", "resid_pdrop", "attn_pdrop"):
+            if name == "dropout" or getattr(self, name) is not None:
+                check_range(name, getattr(self, name), low=0, high=1, high_open=True)
+        if not isinstance(self.bias, bool):
+            raise GPTCoreError(f"bias={self.bias!r} is not allowed: it must be True or False")
         if sizes["n_embd"] % sizes["n_head"]:
-            raise GPTCoreError(f"n_embd={sizes['n_embd']} is not divisible by n_head={sizes['n_head']}")
+            raise GPTCoreError(f"n_embd={sizes['n_embd']} is not divisible by n_head={sizes['n_head']}: "
+                               "each head gets n_embd / n_head channels")
         return replace(self, **sizes) if sizes != {k: getattr(self, k) for k in SIZES} else self
 
     def pdrop(self, site: str) -> float:

@@ -52,3 +52,26 @@ def test_token_outside_the_vocabulary_is_named(prepared):
                                            rf"outside the vocabulary of {vocab}\)"):
         for _ in range(loader.chunks_per_epoch):
             loader.next_batch()
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoints_before_it(prepared, tmp_path):
+    """A learning rate of 1e30 blows the weights up in one step: the loss of step 2 is NaN."""
+    import subprocess
+    import sys
+
+    from gptcore.checkpoint import list_checkpoints, load_checkpoint
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, str(root / "train.py"), "--data", str(prepared), "--out-dir", str(out),
+                        "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
+                        "--max-steps", "10", "--warmup-steps", "0", "--learning-rate", "1e30", "--save-interval", "1",
+                        "--keep-checkpoints", "20", "--eval-interval", "100", "--dtype", "float32"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the loss became nan at step 2;"), last
+    kept = list_checkpoints(str(out))
+    assert [os.path.basename(p) for p in kept] == ["ckpt_0000001.pt"]  # none written at or after the NaN
+    assert load_checkpoint(kept[0])["step"] == 1
+    assert not list(out.glob("*.tmp"))

@@ -252,3 +252,84 @@ def test_sample_runs_or_says_what_is_wrong(data, models, monkeypatch):
     event(f"exit status {status}")
     if status != 0:
         assert_clear_failure(status, err, "sample.py", argv)
+
+
+# -------------------------------------------------------------------------------------------------------- train.py
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    from gptcore import corpora
+    base = tmp_path_factory.mktemp("train_data")
+    (base / "corpus.txt").write_text("".join(f"line {i}: the quick brown fox\n" for i in range(300)))
+    corpora.prepare(str(base / "corpus.txt"), out_dir=str(base / "data"), tokenizer="char", workers=1)
+    return base / "data"
+
+
+TINY_TRAIN = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "2",
+              "--max-steps", "2", "--warmup-steps", "1", "--eval-interval", "2", "--eval-steps", "1",
+              "--sample-tokens", "0", "--dtype", "float32", "--save-interval", "2"]
+
+
+@pytest.mark.parametrize("argv, expected", [  # issue 16's list: each of these ended in a traceback or ran silently
+    (["--learning-rate", "-1"], "error: learning_rate=-1.0 is out of range: it must be >= 0"),
+    (["--n-layer", "0"], "error: n_layer=0 is out of range: it must be >= 1"),
+    (["--dropout", "1.5"], "error: dropout=1.5 is out of range: it must be in [0, 1)"),
+    (["--eval-interval", "0"], "error: eval_interval=0 is out of range: it must be >= 1"),
+    (["--betas", "0.9", "1.5"], "error: betas[1]=1.5 is out of range: it must be in [0, 1)"),
+    (["--device", "cuda:99"], "error: device 'cuda:99', but this machine has"),
+    (["--weight-decay", "-0.1"], "error: weight_decay=-0.1 is out of range: it must be >= 0"),
+    (["--warmup-steps", "-5"], "error: warmup_iters=-5 is out of range: it must be in [0, 2]"),
+    (["--min-lr", "1.0"], "error: min_lr=1.0 is out of range: it must be in [0, "),
+    (["--keep-checkpoints", "0"], "error: keep_checkpoints=0 is out of range: it must be >= 1"),
+])
+def test_train_names_each_bad_setting(argv, expected, tiny_data, tmp_path):
+    status, _, err = run_entry("train.py", ["--data", str(tiny_data), "--out-dir", str(tmp_path / "out"),
+                                            *TINY_TRAIN, *argv])
+    assert_clear_failure(status, err, "train.py", argv)
+    assert err.strip().splitlines()[-1].startswith(expected), err
+    assert not (tmp_path / "out").exists()
+
+
+def train_flags(data: Path, out: Path) -> tuple[dict, dict]:
+    good = {
+        "--data": st.just(str(data)), "--out-dir": st.just(str(out)),
+        "--n-layer": valid("1", "2"), "--n-head": valid("1", "2"), "--n-embd": valid("8", "16"),
+        "--block-size": valid("8", "16"), "--batch-size": valid("1", "2"), "--max-steps": valid("2", "3"),
+        "--warmup-steps": valid("0", "1"), "--eval-interval": valid("2", "5"), "--eval-steps": valid("1"),
+        "--sample-tokens": valid("0", "0", "3"), "--dtype": valid("float32", "bfloat16", OMIT),
+        "--learning-rate": valid("1e-3", OMIT), "--dropout": valid("0", "0.1", OMIT), "--device": valid("cpu", OMIT),
+    }
+    bad = {name: BAD_NUMBERS for name in ("--n-layer", "--n-head", "--n-embd", "--block-size", "--batch-size",
+                                          "--max-steps", "--warmup-steps", "--eval-interval", "--eval-steps",
+                                          "--learning-rate", "--dropout", "--weight-decay", "--min-lr",
+                                          "--grad-clip", "--save-interval", "--keep-checkpoints", "--seed",
+                                          "--total-batch-tokens", "--grad-accum-steps", "--sample-tokens")}
+    bad.update({
+        "--data": st.sampled_from(["", str(data.parent / "missing"), str(data / "meta.json")]),
+        "--dtype": st.sampled_from(["float16", "", "fp32"]),
+        "--device": st.sampled_from(["cuda", "tpu", "", "cuda:7"]),
+        "--preset": st.sampled_from(["gpt5", "", "QUICKSTART"]),
+        "--init-from": st.sampled_from(["", str(data.parent / "missing_hf")]),
+        "--betas": st.tuples(BAD_NUMBERS, BAD_NUMBERS).map(" ".join),
+        "--no-such-flag": ANY_TEXT | st.just(True),
+    })
+    return good, bad
+
+
+@fuzz(max_examples=15)
+@given(data=st.data())
+def test_train_runs_or_says_what_is_wrong(data, tiny_data, tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path_factory.mktemp("runs") / "out"
+    argv = draw_argv(data, *train_flags(tiny_data, out))
+    argv = [piece for arg in argv for piece in (arg.split(" ") if arg.count(" ") == 1 and "." in arg else [arg])]
+
+    status, stdout, err = run_entry("train.py", argv)
+
+    event(f"exit status {status}")
+    if status == 0:
+        assert stdout.strip().splitlines()[-1].startswith("done: step "), stdout
+    else:
+        assert_clear_failure(status, err, "train.py", argv)
+        if not err.strip().splitlines()[-1].startswith("error: the loss became"):  # a run that diverged, not a check
+            assert files_under(out) == [], f"{argv} failed but wrote {files_under(out)}"

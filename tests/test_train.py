@@ -26,7 +26,7 @@ from gptcore.train.recipe import build_trainer, grad_accum_steps
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "4",
-        "--eval-steps", "2", "--sample-tokens", "8", "--warmup-steps", "5", "--learning-rate", "3e-3", "--dtype", "float32"]
+        "--eval-steps", "2", "--sample-tokens", "8", "--warmup-steps", "2", "--learning-rate", "3e-3", "--dtype", "float32"]
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ def test_learning_rate_schedule():
 
 def test_nan_loss_stops_the_run_naming_the_step(data_dir, tmp_path):
     config = TrainConfig.from_preset(None, data=str(data_dir), out_dir=str(tmp_path), n_layer=1, n_head=1, n_embd=16,
-                                     block_size=16, batch_size=2, total_batch_tokens=None, max_iters=10,
+                                     block_size=16, batch_size=2, total_batch_tokens=None, max_iters=10, warmup_iters=2,
                                      eval_interval=100, sample_tokens=0, device="cpu", dtype="float32")
     trainer, _ = build_trainer(config)
 
@@ -171,7 +171,7 @@ def test_checkpoint_from_another_model_config(data_dir, tmp_path):
     assert first.returncode == 0, first.stderr
     r = run(train_cmd(data_dir, tmp_path, "--max-steps", "4", "--n-embd", "64"))
     assert r.returncode == 2
-    assert "different model config: n_embd=32 (this run: 64)" in r.stderr
+    assert "holds a run of another model (n_embd=32 (this run: 64))" in r.stderr and "pick a new --out-dir" in r.stderr
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])

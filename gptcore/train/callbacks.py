@@ -28,6 +28,37 @@ class Throughput:
         r["tok_per_s"] = self.tokens_per_step / trainer.iter_dt
         if self.peak_flops:
             r["mfu"] = self.flops_per_token * r["tok_per_s"] / (self.peak_flops * self.world_size)
+            r["peak_flops"] = self.peak_flops  # the ceiling MFU is against: on a CPU measured once, then kept
+
+
+class LongRunNotice:
+    """Once the first steps give a speed (the median of steps 2 to 6: the first one warms up), says how long the rest
+    of the run will take when that is over an hour, so a preset meant for a GPU doesn't silently run for days."""
+
+    STEPS = 6
+    HOUR = 3600.0
+
+    def __init__(self, device: str):
+        self.device, self.times, self.said = device, [], False
+
+    def on_batch_end(self, trainer):
+        if self.said or trainer.config.max_iters is None:
+            return
+        self.times.append(trainer.iter_dt)
+        if len(self.times) < self.STEPS:
+            return
+        self.said = True
+        per_step = sorted(self.times[1:])[len(self.times[1:]) // 2]
+        left = per_step * (trainer.config.max_iters - trainer.iter_num)
+        if left > self.HOUR:
+            steps_left = trainer.config.max_iters - trainer.iter_num
+            tqdm.write(f"note: at {per_step:.2f} s per step on {self.device}, the {steps_left:,} steps left take about "
+                       f"{_duration(left)}; Ctrl-C saves a checkpoint, and a run with fewer --max-iters (or "
+                       "--preset quickstart) finishes sooner")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:,.1f} hours" if seconds < 3 * 86400 else f"{seconds / 86400:,.0f} days"
 
 
 class Evaluate:

@@ -7,7 +7,8 @@ so `TrainConfig.from_preset("quickstart", n_layer=2, learning_rate=1e-3)` and tr
 
 from dataclasses import dataclass, field, fields, replace
 
-from ..errors import GPTCoreError
+from ..device import check_device
+from ..errors import GPTCoreError, check_range
 from ..model import PRESETS, GPTConfig
 
 
@@ -28,6 +29,43 @@ class TrainerConfig:
     dtype: str | None = None  # float32 or bfloat16 (autocast); None picks bfloat16 where it is faster
     compile: bool = False  # torch.compile the model
     seed: int = 1337  # the order a map-style dataset is shuffled in
+
+    def validate(self) -> "TrainerConfig":
+        """Checks every field (the one place that does); a GPTCoreError names the field, its value and the allowed
+        range. Trainer(config, ...) calls it, so settings changed after get_default_config() are checked too."""
+        if self.device != "auto":
+            if not isinstance(self.device, str):
+                raise GPTCoreError(f"device={self.device!r} is not allowed: it must be a name such as cpu or cuda")
+            check_device(self.device)
+        check_range("num_workers", self.num_workers, kind=int, low=0)
+        if self.max_iters is not None:
+            check_range("max_iters", self.max_iters, kind=int, low=1, hint=" (--max-iters, or --max-steps)")
+        check_range("batch_size", self.batch_size, kind=int, low=1)
+        check_range("learning_rate", self.learning_rate, low=0)
+        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
+            raise GPTCoreError(f"betas={self.betas!r} is not allowed: it must be two numbers (beta1, beta2) in [0, 1)")
+        for i, beta in enumerate(self.betas):
+            check_range(f"betas[{i}]", beta, low=0, high=1, high_open=True, hint=" (--betas BETA1 BETA2)")
+        check_range("weight_decay", self.weight_decay, low=0)
+        check_range("grad_norm_clip", self.grad_norm_clip, low=0, hint=" (--grad-norm-clip or --grad-clip; 0: off)")
+        if self.grad_accum_steps is not None:
+            check_range("grad_accum_steps", self.grad_accum_steps, kind=int, low=1)
+        check_range("warmup_iters", self.warmup_iters, kind=int, low=0, high=self.max_iters,
+                    hint=" (--warmup-iters or --warmup-steps; at most max_iters)")
+        if self.min_lr is not None:
+            if self.max_iters is None:
+                raise GPTCoreError("min_lr sets a cosine decay that ends at max_iters: set max_iters too")
+            check_range("min_lr", self.min_lr, low=0, high=self.learning_rate, hint=" (at most learning_rate)")
+        if self.dtype not in DTYPES:
+            raise GPTCoreError(f"dtype={self.dtype!r} is not allowed: it must be one of "
+                               f"{', '.join(d for d in DTYPES if d)} (or unset: bfloat16 where it is faster)")
+        if not isinstance(self.compile, bool):
+            raise GPTCoreError(f"compile={self.compile!r} is not allowed: it must be True or False")
+        check_range("seed", self.seed, kind=int, low=0, high=2**63, high_open=True)
+        return self
+
+
+DTYPES = (None, "float32", "bfloat16")
 
 
 @dataclass
@@ -81,8 +119,27 @@ class TrainConfig:
         parts = {"model": {}, "trainer": {}, None: {}}
         for key, value in settings.items():
             parts[flat_fields()[key]][key] = value
-        return replace(c, model=replace(c.model, **parts["model"]), trainer=replace(c.trainer, **parts["trainer"]),
-                       **parts[None])
+        try:
+            config = replace(c, model=replace(c.model, **parts["model"]), trainer=replace(c.trainer, **parts["trainer"]),
+                             **parts[None])
+        except TypeError as e:  # a value of the wrong kind that GPTConfig's own checks tripped over
+            raise GPTCoreError(f"a setting has a value of the wrong type ({e})") from None
+        return config.validate()
+
+    def validate(self) -> "TrainConfig":
+        """Checks every setting: the model's (GPTConfig.resolved), the loop's (TrainerConfig.validate) and the run's
+        own, before anything is read or written; a GPTCoreError names the field, its value and the allowed range."""
+        for name in ("data", "out_dir", "init_from"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise GPTCoreError(f"{name}={getattr(self, name)!r} is not allowed: it must be a non-empty path or name")
+        self.model.resolved()
+        self.trainer.validate()
+        if self.total_batch_tokens is not None:
+            check_range("total_batch_tokens", self.total_batch_tokens, kind=int, low=1)
+        for name in ("eval_interval", "eval_steps", "save_interval", "keep_checkpoints"):
+            check_range(name, getattr(self, name), kind=int, low=1)
+        check_range("sample_tokens", self.sample_tokens, kind=int, low=0, hint=" (0 turns samples off)")
+        return self
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         return replace(self.model, vocab_size=vocab_size).resolved()
@@ -104,6 +161,18 @@ def _gpt2_size(preset: str, lr, total_batch_tokens=524_288):
                 min_lr=lr / 10, total_batch_tokens=total_batch_tokens, batch_size=16, compile=True,
                 hellaswag_interval=250)
 
+
+# Expected wall time of each preset (2-core CPU, one GPU). CPU: quickstart as measured (bench_quickstart.py, a
+# 2-core Xeon); the others projected from the FLOPs of their steps at the speed quickstart reaches there. GPU: from
+# FLOPs at 40% of an H100's bf16 peak, and nanoGPT's ~3 minutes on an A100 for shakespeare-char: estimates, not runs.
+PRESET_TIMES = {
+    "quickstart": ("8 min", "under 1 min"),
+    "shakespeare-char": ("about 19 hours", "about 3 min"),
+    "gpt2-124m": ("about 3 years", "about 6 hours"),
+    "gpt2-medium": ("years", "about 17 hours"),
+    "gpt2-large": ("years", "about 1.5 days"),
+    "gpt2-xl": ("years", "about 6 days"),
+}
 
 TRAIN_PRESETS = {
     # the default dataset on a CPU in under 10 minutes: a small model that learns to write Python-looking code

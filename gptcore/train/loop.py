@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, Sampler
 
-from ..device import bf16_helps, default_device
+from ..device import default_device, training_dtype
 from ..errors import GPTCoreError
 from .config import TrainerConfig
 
@@ -132,16 +132,12 @@ class Trainer:
 
     def __init__(self, config: TrainerConfig, model: torch.nn.Module, train_dataset, dist=None):
         """dist: a gptcore.train.distributed.Distributed under torchrun; None trains in this process alone."""
-        self.config = c = config
+        self.config = c = config.validate()
         self.dist = dist
         self.rank, self.world_size = (dist.rank, dist.world_size) if dist else (0, 1)
         self.device = default_device() if c.device == "auto" else c.device
         self.device_type = torch.device(self.device).type
-        self.dtype = c.dtype or ("bfloat16" if bf16_helps(self.device) else "float32")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise GPTCoreError(f"dtype must be float32 or bfloat16, not '{self.dtype}'")
-        if c.min_lr is not None and c.max_iters is None:
-            raise GPTCoreError("min_lr sets a cosine decay that ends at max_iters: set max_iters too")
+        self.dtype, self.dtype_reason = training_dtype(self.device, c.dtype)
         if self.device_type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for the fp32 matmuls autocast leaves
             torch.backends.cudnn.allow_tf32 = True

@@ -6,18 +6,20 @@ As the original README: the newest checkpoint in out_dir is resumed; without one
 """
 
 import os
+import time
 from dataclasses import asdict, replace
 
 import torch
 
 from ..checkpoint import export_model, latest_checkpoint, load_checkpoint, model_checkpoint
-from ..data import ShardLoader, read_meta
-from ..device import default_device, measure_matmul_peak, peak_flops
+from ..data import ShardLoader, read_meta, shard_token_count
+from ..device import cpu_matmul_peak, default_device, peak_flops
 from ..errors import GPTCoreError
 from ..eval.callback import HellaSwagCallback
 from ..model import GPT, GPTConfig
 from ..tokenizer import tokenizer_from_description
-from .callbacks import Checkpoints, Evaluate, LossPlot, MetricsFile, ProgressLine, SampleText, Throughput
+from .callbacks import (Checkpoints, Evaluate, LongRunNotice, LossPlot, MetricsFile, ProgressLine, SampleText,
+                        Throughput)
 from .config import TrainConfig
 from .distributed import destroy_distributed, init_distributed
 from .loop import Trainer
@@ -62,15 +64,18 @@ def lm_callbacks(config: TrainConfig, trainer: Trainer, tokenizer, val_loader, t
     model = trainer.raw_model
     tokens_per_step = c.trainer.batch_size * model.config.block_size * trainer.grad_accum_steps * trainer.world_size
     peak = peak_flops(trainer.device)
-    # no spec sheet for CPUs: MFU against a measured matmul ceiling, measured here, before any resume restores the RNG
-    # it draws from. Only the main process reports MFU, so only it spends the time.
+    # no spec sheet for CPUs: MFU against the CPU's matmul ceiling, measured once per machine and dtype and then kept,
+    # so runs compare (its measurement draws from a private generator: a resume's restored RNG stays untouched).
+    # Only the main process reports MFU, so only it spends the time.
     if peak is None and trainer.device_type == "cpu" and trainer.is_main:
-        peak = measure_matmul_peak(trainer.device, torch.bfloat16 if trainer.dtype == "bfloat16" else torch.float32)
+        dtype = torch.bfloat16 if trainer.dtype == "bfloat16" else torch.float32
+        peak, source = cpu_matmul_peak(dtype)
+        print(f"MFU is against this CPU's {trainer.dtype} matmul ceiling, {peak / 1e9:,.1f} GFLOP/s ({source})")
     metrics = os.path.join(c.out_dir, "metrics.jsonl")
     everyone = [Throughput(tokens_per_step, model.flops_per_token(model.config.block_size), peak, trainer.world_size),
                 Evaluate(val_loader, c.eval_interval, c.eval_steps),
                 *([HellaSwagCallback(tokenizer, c.hellaswag_interval, c.hellaswag_limit)] if c.hellaswag_interval else [])]
-    main_only = [MetricsFile(metrics), ProgressLine(),
+    main_only = [MetricsFile(metrics), ProgressLine(), LongRunNotice(trainer.device),
                  *([SampleText(tokenizer, c.sample_tokens, c.trainer.seed)] if c.sample_tokens else []),
                  LossPlot(metrics, os.path.join(c.out_dir, "loss.png")), *tracker_callbacks]
     checkpoints = Checkpoints(c.out_dir, c.save_interval, c.keep_checkpoints,
@@ -90,9 +95,10 @@ def build_trainer(config: TrainConfig) -> tuple[Trainer, object]:
     tokenizer = tokenizer_from_description(meta["tokenizer"])
 
     ckpt_file = latest_checkpoint(config.out_dir) if os.path.isdir(config.out_dir) else None
-    if ckpt_file and config.init_from == "scratch":
-        raise GPTCoreError(f"--init-from scratch, but {config.out_dir} already has checkpoints; "
-                           "pick a new --out-dir or delete them")
+    if ckpt_file and config.init_from != "resume":
+        raise GPTCoreError(f"--init-from {config.init_from}, but --out-dir {config.out_dir} already holds a run "
+                           f"({os.path.basename(ckpt_file)}), which would be resumed instead: pick a new --out-dir "
+                           "for this run, or leave --init-from out to continue that one")
     dropouts = {k: getattr(config.model, k) for k in ("dropout", "embd_pdrop", "resid_pdrop", "attn_pdrop")}
     torch.manual_seed(config.trainer.seed)  # the same initial weights on every process
     if ckpt_file:
@@ -118,23 +124,59 @@ def build_trainer(config: TrainConfig) -> tuple[Trainer, object]:
                       rank=d.rank, world_size=d.world_size, shuffle=False)
     trainer_config = replace(config.trainer, device=device, grad_accum_steps=grad_accum_steps(config, d.world_size))
     trainer = Trainer(trainer_config, model, train, dist=d if d.enabled else None)
-    for callback in lm_callbacks(config, trainer, tokenizer, val, tracker_callbacks):
-        trainer.add_callbacks(callback)
     if ckpt_file:
         trainer.load_state_dict({"iter_num": ckpt["step"], "data": ckpt.get("loader"), **ckpt})  # older files: loader
-        if d.is_main:
-            print(f"resuming from {ckpt_file} at step {trainer.iter_num}")
+    if d.is_main:
+        print(opening(config, trainer, meta, ckpt_file, tokens=[sum(map(shard_token_count, loader.files))
+                                                                for loader in (train, val)]))
+    for callback in lm_callbacks(config, trainer, tokenizer, val, tracker_callbacks):
+        trainer.add_callbacks(callback)
     return trainer, tokenizer
+
+
+def opening(config: TrainConfig, trainer: Trainer, meta: dict, ckpt_file: str | None, tokens: list[int]) -> str:
+    """The run's first lines: device, dtype and why, the model's size, the data, the out dir, and new or resumed."""
+    model = trainer.raw_model
+    m = model.config
+    if ckpt_file:
+        start = f"resuming {ckpt_file} at step {trainer.iter_num} of {trainer.config.max_iters}"
+    elif config.init_from == "resume":
+        start = "a new run (no checkpoint there yet)"
+    else:
+        start = f"a new run from {config.init_from}'s weights"
+    return "\n".join([
+        f"device {trainer.device}, {trainer.dtype} ({trainer.dtype_reason})",
+        f"model {model.num_params():,} parameters: {m.n_layer} layers, {m.n_head} heads, {m.n_embd} wide, "
+        f"context {m.block_size}",
+        f"data {config.data}: {tokens[0]:,} train and {tokens[1]:,} val tokens "
+        f"({meta['tokenizer']['type']} tokenizer, vocab {meta['vocab_size']:,})",
+        f"out dir {config.out_dir}: {start}"])
+
+
+def closing(config: TrainConfig, trainer: Trainer, minutes: float) -> str:
+    """The run's last line: where its outputs went, and the command that samples from them."""
+    out = config.out_dir
+    return (f"done: step {trainer.iter_num} of {trainer.config.max_iters} in {minutes:.1f} min; in {out}: the newest "
+            f"ckpt_*.pt, metrics.jsonl, loss.png; sample it: python sample.py --checkpoint {out}")
 
 
 def train(config: TrainConfig, export: str | None = None):
     """train.py: build, run, and when the run completes, optionally export a weights-only bf16 checkpoint."""
+    start = time.perf_counter()
     try:
         trainer, tokenizer = build_trainer(config)
+        max_iters = trainer.config.max_iters
+        if max_iters is not None and trainer.iter_num >= max_iters:
+            if trainer.is_main:
+                print(f"nothing to do: the run in {config.out_dir} is already at step {trainer.iter_num}, and "
+                      f"--max-iters is {max_iters}; raise --max-iters to train it further, or pick a new --out-dir")
+            return
         trainer.run()
-        if export and trainer.is_main and trainer.iter_num == config.trainer.max_iters:
+        if export and trainer.is_main and trainer.iter_num == max_iters:
             export_model(trainer.raw_model, tokenizer, trainer.iter_num, export)
             print(f"exported the model to {export}")
+        if trainer.is_main:
+            print(closing(config, trainer, (time.perf_counter() - start) / 60))
     finally:
         destroy_distributed()
 
@@ -152,8 +194,12 @@ def _check_resumable(ckpt: dict, path: str, config: TrainConfig, meta: dict):
         shape = ("n_layer", "n_head", "n_embd", "vocab_size", "block_size", "bias")
         differ = [f"{k}={saved[k]} (this run: {wanted[k]})" for k in shape if saved[k] != wanted[k]]
         if differ:
-            raise GPTCoreError(f"checkpoint {path} is from a different model config: {', '.join(differ)}; "
-                               "use matching flags or another --out-dir")
-    if ckpt["tokenizer"] != meta["tokenizer"]:
-        raise GPTCoreError(f"checkpoint {path} was trained with another tokenizer than {config.data}'s; "
-                           "use the same --data or another --out-dir")
+            raise GPTCoreError(f"--out-dir {config.out_dir} holds a run of another model ({', '.join(differ)}), "
+                               f"which {path} would resume: pick a new --out-dir for this model, or drop the flags "
+                               "that differ to continue that run")
+    saved_data = (ckpt.get("data") or ckpt.get("loader") or {}).get("input_hash")
+    if ckpt["tokenizer"] != meta["tokenizer"] or (saved_data is not None and saved_data != meta["input_hash"]):
+        was = ckpt.get("train_config", {}).get("data", "other data")
+        raise GPTCoreError(f"--out-dir {config.out_dir} holds a run trained on {was}, not on --data {config.data}, "
+                           f"which {path} would resume: pick a new --out-dir for this data, or use that run's --data "
+                           "to continue it")
