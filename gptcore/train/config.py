@@ -50,11 +50,11 @@ class TrainConfig:
     eval_interval: int = 250
     eval_steps: int = 20  # val batches per eval, shared among the processes
     sample_tokens: int = 48  # length of the sample printed at every eval; 0 turns it off
-    save_interval: int = 1000
-    keep_checkpoints: int = 3
     # experiment trackers beside metrics.jsonl, a comma list: tensorboard (<out_dir>/tensorboard), wandb (<out_dir>/wandb)
     log_to: str = ""
     wandb_project: str = "gptcore"
+    save_interval: int = 1000
+    keep_checkpoints: int = 3
 
     @classmethod
     def from_preset(cls, name: str | None, **overrides) -> "TrainConfig":
