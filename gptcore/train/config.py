@@ -50,7 +50,7 @@ class TrainConfig:
     eval_interval: int = 250
     eval_steps: int = 20  # val batches per eval, shared among the processes
     sample_tokens: int = 48  # length of the sample printed at every eval; 0 turns it off
-    # experiment trackers beside metrics.jsonl, a comma list: tensorboard (<out_dir>/tensorboard), wandb (<out_dir>/wandb)
+    # trackers beside metrics.jsonl, a comma list: tensorboard (<out_dir>/tensorboard), wandb (<out_dir>/wandb)
     log_to: str = ""
     wandb_project: str = "gptcore"
     save_interval: int = 1000

@@ -32,7 +32,7 @@ def parse_trackers(log_to: str) -> list[str]:
 
 
 def flatten(settings, prefix: str = "") -> dict:
-    """A (nested) dataclass or dict -> {'model.n_layer': 12, ...}, values as trackers accept them (None, tuples: str)."""
+    """A (nested) dataclass or dict -> {'model.n_layer': 12, ...}, in types trackers accept (None, tuples: as str)."""
     if dataclasses.is_dataclass(settings):
         settings = dataclasses.asdict(settings)
     flat = {}
