@@ -80,7 +80,8 @@ def test_tensorboard_holds_what_metrics_jsonl_holds_and_only_rank_0_writes(data_
     out = tmp_path / "run"
     done = run(train_cmd(data_dir, out, "--max-steps", "8", "--eval-interval", "4", "--save-interval", "100",
                          "--log-to", "tensorboard",
-                         launcher=(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")))
+                         launcher=(sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                   "--nproc_per_node=2")))
     assert done.returncode == 0, done.stderr
     records = metrics(out)
     assert [r["step"] for r in records] == list(range(1, 9))

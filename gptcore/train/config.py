@@ -88,16 +88,16 @@ class TrainConfig:
     eval_interval: int = 250
     eval_steps: int = 20  # val batches per eval, shared among the processes
     sample_tokens: int = 48  # length of the sample printed at every eval; 0 turns it off
-    save_interval: int = 1000
-    keep_checkpoints: int = 3
     # HellaSwag (gptcore/eval) every this many steps and at the last; 0 is off. The gpt2-* presets turn it on
     # (every 250 steps, as build-nanogpt): it needs data in GPT-2 tokens. hellaswag_limit: its first N items
     # (None: all 10,042), for quicker CPU runs
     hellaswag_interval: int = 0
     hellaswag_limit: int | None = None
-    # experiment trackers beside metrics.jsonl, a comma list: tensorboard (<out_dir>/tensorboard), wandb (<out_dir>/wandb)
+    # trackers beside metrics.jsonl, a comma list: tensorboard (<out_dir>/tensorboard), wandb (<out_dir>/wandb)
     log_to: str = ""
     wandb_project: str = "gptcore"
+    save_interval: int = 1000
+    keep_checkpoints: int = 3
 
     @classmethod
     def from_preset(cls, name: str | None, **overrides) -> "TrainConfig":

@@ -32,7 +32,7 @@ def parse_trackers(log_to: str) -> list[str]:
 
 
 def flatten(settings, prefix: str = "") -> dict:
-    """A (nested) dataclass or dict -> {'model.n_layer': 12, ...}, values as trackers accept them (None, tuples: str)."""
+    """A (nested) dataclass or dict -> {'model.n_layer': 12, ...}, in types trackers accept (None, tuples: as str)."""
     if dataclasses.is_dataclass(settings):
         settings = dataclasses.asdict(settings)
     flat = {}
@@ -120,11 +120,16 @@ class WandbCallback:
             return
         os.makedirs(self.dir, exist_ok=True)
         # a resumed Trainer continues the run it started; a fresh one (step 0) starts a new run
-        resuming = trainer.iter_num > 0 and os.path.exists(self.id_path)
-        run_id = open(self.id_path).read().strip() if resuming else None  # None: W&B makes one, saved below
+        run_id = None  # W&B makes one, saved below
+        if trainer.iter_num > 0 and os.path.exists(self.id_path):
+            with open(self.id_path) as f:
+                run_id = f.read().strip()
         config = flatten(self.config if self.config is not None else trainer.config)
+        # "allow", not "must": an offline run the server has never seen resumes too. Steps a killed run logged past
+        # its checkpoint are already in the run, with the losses the resumed run logs again (resume is exact); W&B keeps
+        # the first and drops the repeats.
         self.run = self.wandb.init(project=self.project, name=self.name, dir=self.dir, id=run_id,
-                                   resume="allow" if resuming else None, config=config, **self.init_kwargs)
+                                   resume="allow" if run_id else None, config=config, **self.init_kwargs)
         with atomic_path(self.id_path) as tmp, open(tmp, "w") as f:
             f.write(self.run.id + "\n")
 
