@@ -8,7 +8,7 @@ How GPT-2 turns text into ids:
    256 + k, so an id is also the merge's rank: the lowest-ranked pair present in a chunk is always merged first.
 4. <|endoftext|> is the one special token, the last id. It comes from the literal text only when asked for.
 
-from_gpt2_files() reads OpenAI's encoder.json and vocab.bpe and gives exactly tiktoken's ids on any text made of
+BPETokenizer() reads OpenAI's encoder.json and vocab.bpe and gives exactly tiktoken's ids on any text made of
 assigned Unicode characters. (The `regex` module and tiktoken's Rust regex bundle different Unicode versions, so a
 code point that one of them does not know yet can be a letter to the other and split differently.)
 train() learns merges on a corpus the same way: count adjacent pairs inside chunks, merge the most frequent, repeat.
