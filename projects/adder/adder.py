@@ -63,7 +63,7 @@ def number(d):
 
 @torch.no_grad()
 def evaluate(model, dataset: AdditionDataset, device, limit: int | None = None):
-    """Greedy-decodes the sum for every problem (or the first `limit`) -> (accuracy, [(a, b, claimed), ...] mistakes)."""
+    """Greedy-decodes the sum of every problem (or of the first `limit`) -> (accuracy, [(a, b, claimed), ...])."""
     nd = dataset.ndigit
     model.eval()
     correct, total, mistakes = 0, 0, []
@@ -147,9 +147,11 @@ def main():
                "test_mistakes": [f"{a}+{b}={c}" for a, b, c in mistakes], "train_accuracy": train_accuracy,
                "train_problems": len(train_set),
                "iters": trainer.iter_num, "train_seconds": round(train_seconds, 1),
-               "wall_seconds": round(time.time() - start, 1), "device": str(trainer.device)}
+               "wall_seconds": round(time.time() - start, 1),
+               "cpu_seconds": round(time.process_time(), 1), "device": str(trainer.device)}
     write_json(str(Path(args.out_dir) / "summary.json"), summary, indent=2)
-    print(f"{args.ndigit}-digit addition: test accuracy {accuracy:.2%} ({len(test_set) - len(mistakes)}/{len(test_set)}) "
+    right = len(test_set) - len(mistakes)
+    print(f"{args.ndigit}-digit addition: test accuracy {accuracy:.2%} ({right}/{len(test_set)}) "
           f"after {trainer.iter_num} steps, {summary['wall_seconds']:.0f} s")
 
 
