@@ -210,8 +210,23 @@ def test_trainer_default_config_and_callbacks():
 
 def test_mingpt_sorting_demo_runs_with_only_imports_changed():
     """minGPT's demo.ipynb, with fewer iterations; greedy answers on 25% of all sequences never trained on."""
-    r = run_script(SCRIPTS / "mingpt_sort.py", 500)
+    r = run_script(SCRIPTS / "mingpt_sort.py", 600)
     assert r.returncode == 0, r.stderr
-    assert "iter 500: train loss" in r.stdout
+    assert "iter 600: train loss" in r.stdout
     score = re.search(r"test final score: (\d+)/(\d+)", r.stdout)
     assert score and int(score[2]) == 5000 and int(score[1]) >= 0.99 * 5000, r.stdout
+
+
+def test_sigterm_ends_the_run_after_the_step_with_a_checkpoint(tmp_path):
+    from gptcore.checkpoint import list_checkpoints
+    from gptcore.train.callbacks import Checkpoints
+    torch.manual_seed(0)
+    trainer = Trainer(mlp_config(max_iters=50, batch_size=8), MLP(), Sine(100, 0))
+    trainer.add_callbacks(Checkpoints(str(tmp_path), interval=100, keep=1, extra=lambda t: {}))
+    trainer.add_callback("on_batch_end", lambda t: t.iter_num == 3 and os.kill(os.getpid(), signal.SIGTERM))
+    previous = signal.getsignal(signal.SIGTERM)
+    trainer.run()
+    assert trainer.iter_num == 4  # the signal lands during step 3's callbacks; step 4 is the last
+    assert [Path(p).name for p in list_checkpoints(str(tmp_path))] == ["ckpt_0000004.pt"]
+    assert torch.load(list_checkpoints(str(tmp_path))[0], weights_only=True)["iter_num"] == 4
+    assert signal.getsignal(signal.SIGTERM) is previous  # the run's handler is gone again
