@@ -55,7 +55,7 @@ def main():
                         help="a UTF-8 text file (default: tinyshakespeare from ../shared/data, else downloaded)")
     parser.add_argument("--block-size", type=int, default=128, help="training window (at most the model's)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-iters", type=int, default=100)
+    parser.add_argument("--max-iters", type=int, default=40)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--sample-tokens", type=int, default=60)
     parser.add_argument("--seed", type=int, default=1337)
