@@ -63,7 +63,7 @@ def number(d):
 
 @torch.no_grad()
 def evaluate(model, dataset: AdditionDataset, device, limit: int | None = None):
-    """Greedy-decodes the sum of every problem (or of the first `limit`) -> (accuracy, [(a, b, claimed), ...])."""
+    """Greedy-decodes the sum of every problem (or the first `limit`, in 1,000s) -> (accuracy, [(a, b, claimed)])."""
     nd = dataset.ndigit
     model.eval()
     correct, total, mistakes = 0, 0, []
@@ -121,15 +121,13 @@ def main():
     trainer = Trainer(train_config, model, train_set)
 
     bar = tqdm(total=train_config.max_iters, desc=f"adder {args.ndigit}-digit", unit="it")
-    probe = torch.utils.data.Subset(train_set, range(min(1000, len(train_set))))
-    probe.ndigit = args.ndigit
 
     def on_batch_end(trainer):
         bar.update(1)
         if trainer.iter_num % 50 == 0:
             bar.set_postfix(loss=f"{trainer.loss.item():.4f}")
         if trainer.iter_num % args.eval_interval == 0:
-            train_acc, _ = evaluate(model, probe, trainer.device)
+            train_acc, _ = evaluate(model, train_set, trainer.device, limit=1000)
             bar.write(f"iter {trainer.iter_num}: loss {trainer.loss.item():.4f}, train-sample accuracy {train_acc:.2%}")
             if train_acc == 1.0:
                 trainer.stop_requested = True  # the trainer stops after this step
