@@ -7,7 +7,6 @@ position by position, transformers.GPT2LMHeadModel, and the unigram entropy of t
 import importlib.util
 import json
 import math
-import os
 import random
 import subprocess
 import sys
@@ -48,16 +47,11 @@ def summary(out_dir):
     return json.loads((Path(out_dir) / "summary.json").read_text())
 
 
-def execute_notebook(path, tmp_path, env):
-    """Runs every cell top to bottom in a fresh kernel (in the notebook's folder); returns all printed text."""
+def execute_notebook(path):
+    """Runs every cell top to bottom in a fresh kernel (in the notebook's folder, with this process's environment);
+    returns all the text it printed."""
     nb = nbformat.read(path, as_version=4)
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel inherits this process's environment
-    try:
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     return "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs)
 
 
@@ -132,8 +126,9 @@ def test_chargpt_learns_shakespeare(tmp_path):
 
 # ----------------------------------------------------------------------------------------------------------- sorter
 
-def test_sorter_notebook_runs_and_learns(tmp_path):
-    printed = execute_notebook(PROJECTS / "sorter" / "demo.ipynb", tmp_path, {"SORTER_MAX_ITERS": "150"})
+def test_sorter_notebook_runs_and_learns(monkeypatch):
+    monkeypatch.setenv("SORTER_MAX_ITERS", "150")
+    printed = execute_notebook(PROJECTS / "sorter" / "demo.ipynb")
     accuracy = float(printed.split("accuracy on 1,000 fresh random problems: ")[1].split("%")[0])
     assert accuracy >= 95.0, printed
 
@@ -170,9 +165,9 @@ def test_generate_script_matches_transformers(random_gpt2, tmp_path):
     assert "agree" in result.stdout.splitlines()[-1]
 
 
-def test_generate_notebook_runs(random_gpt2, tmp_path):
-    printed = execute_notebook(PROJECTS / "generate" / "generate.ipynb", tmp_path,
-                               {"GENERATE_PRETRAINED": str(random_gpt2)})
+def test_generate_notebook_runs(random_gpt2, monkeypatch):
+    monkeypatch.setenv("GENERATE_PRETRAINED", str(random_gpt2))
+    printed = execute_notebook(PROJECTS / "generate" / "generate.ipynb")
     assert "same tokens: True" in printed, printed
 
 

@@ -63,7 +63,7 @@ def number(d):
 
 @torch.no_grad()
 def evaluate(model, dataset: AdditionDataset, device, limit: int | None = None):
-    """Greedy-decodes the sum for every problem (or the first `limit`) -> (accuracy, [(a, b, claimed), ...] mistakes)."""
+    """Greedy-decodes the sum of every problem (or the first `limit`, in 1,000s) -> (accuracy, [(a, b, claimed)])."""
     nd = dataset.ndigit
     model.eval()
     correct, total, mistakes = 0, 0, []
@@ -121,15 +121,13 @@ def main():
     trainer = Trainer(train_config, model, train_set)
 
     bar = tqdm(total=train_config.max_iters, desc=f"adder {args.ndigit}-digit", unit="it")
-    probe = torch.utils.data.Subset(train_set, range(min(1000, len(train_set))))
-    probe.ndigit = args.ndigit
 
     def on_batch_end(trainer):
         bar.update(1)
         if trainer.iter_num % 50 == 0:
             bar.set_postfix(loss=f"{trainer.loss.item():.4f}")
         if trainer.iter_num % args.eval_interval == 0:
-            train_acc, _ = evaluate(model, probe, trainer.device)
+            train_acc, _ = evaluate(model, train_set, trainer.device, limit=1000)
             bar.write(f"iter {trainer.iter_num}: loss {trainer.loss.item():.4f}, train-sample accuracy {train_acc:.2%}")
             if train_acc == 1.0:
                 trainer.stop_requested = True  # the trainer stops after this step
@@ -147,9 +145,11 @@ def main():
                "test_mistakes": [f"{a}+{b}={c}" for a, b, c in mistakes], "train_accuracy": train_accuracy,
                "train_problems": len(train_set),
                "iters": trainer.iter_num, "train_seconds": round(train_seconds, 1),
-               "wall_seconds": round(time.time() - start, 1), "device": str(trainer.device)}
+               "wall_seconds": round(time.time() - start, 1),
+               "cpu_seconds": round(time.process_time(), 1), "device": str(trainer.device)}
     write_json(str(Path(args.out_dir) / "summary.json"), summary, indent=2)
-    print(f"{args.ndigit}-digit addition: test accuracy {accuracy:.2%} ({len(test_set) - len(mistakes)}/{len(test_set)}) "
+    right = len(test_set) - len(mistakes)
+    print(f"{args.ndigit}-digit addition: test accuracy {accuracy:.2%} ({right}/{len(test_set)}) "
           f"after {trainer.iter_num} steps, {summary['wall_seconds']:.0f} s")
 
 

@@ -82,9 +82,10 @@ def main():
     parser.add_argument("--block-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-iters", type=int, default=700)
-    parser.add_argument("--learning-rate", type=float, default=4e-3, help="peak, after 5%% of steps; cosine decay to a tenth of it")
+    parser.add_argument("--learning-rate", type=float, default=4e-3,
+                        help="peak, after 5%% of steps; cosine decay to a tenth of it")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="bf16 autocast is slower than fp32 at 128 wide even on AMX CPUs (measured); it pays off wider")
+                        help="bf16 autocast is slower than fp32 at 128 wide, even on AMX CPUs; it pays off wider")
     parser.add_argument("--sample-chars", type=int, default=300)
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--out-dir", default="out/chargpt")
@@ -146,7 +147,8 @@ def main():
     print(sample)
     summary = {"val_loss": val_loss, "val_bpc": val_loss / math.log(2), "val_chars": len(ids) - n_train,
                "train_chars": n_train, "iters": trainer.iter_num, "train_seconds": round(train_seconds, 1),
-               "wall_seconds": round(wall_seconds, 1), "device": str(trainer.device), "sample": sample,
+               "wall_seconds": round(wall_seconds, 1), "cpu_seconds": round(time.process_time(), 1),
+               "device": str(trainer.device), "sample": sample,
                "config": vars(args)}
     write_json(str(Path(args.out_dir) / "summary.json"), summary, indent=2)
     print(f"chargpt: val {val_loss:.4f} nats/char = {summary['val_bpc']:.3f} bits/char over all "

@@ -4,7 +4,7 @@
 which works offline) or OpenAI's GPT-2 (gpt2, gpt2-medium, ...: downloaded once) or a Hugging Face folder.
 The last 10% of the text is the validation text, scored in full: every token once.
 
-    python projects/finetune/finetune.py --out-dir out/finetune                        # quickstart.pt on tinyshakespeare
+    python projects/finetune/finetune.py --out-dir out/finetune           # quickstart.pt on tinyshakespeare
     python projects/finetune/finetune.py --init gpt2 --input my.txt --block-size 256 --out-dir out/ft-gpt2
 """
 
@@ -55,7 +55,7 @@ def main():
                         help="a UTF-8 text file (default: tinyshakespeare from ../shared/data, else downloaded)")
     parser.add_argument("--block-size", type=int, default=128, help="training window (at most the model's)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-iters", type=int, default=200)
+    parser.add_argument("--max-iters", type=int, default=40)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--sample-tokens", type=int, default=60)
     parser.add_argument("--seed", type=int, default=1337)
@@ -108,7 +108,8 @@ def main():
     summary = {"init": args.init, "val_loss_before": val_before, "val_loss_after": val_after,
                "val_tokens": len(ids) - n_train, "train_tokens": n_train, "iters": trainer.iter_num,
                "sample_before": sample_before, "sample_after": sample_after,
-               "wall_seconds": round(time.time() - start, 1), "device": str(trainer.device)}
+               "wall_seconds": round(time.time() - start, 1),
+               "cpu_seconds": round(time.process_time(), 1), "device": str(trainer.device)}
     write_json(str(Path(args.out_dir) / "summary.json"), summary, indent=2)
     print(f"finetune: val {val_before:.3f} -> {val_after:.3f} nats/token over all {summary['val_tokens']:,} "
           f"validation tokens, {trainer.iter_num} steps, {summary['wall_seconds']:.0f} s")

@@ -69,7 +69,8 @@ def main():
     same = torch.equal(mine, reference)
     summary = {"pretrained": args.pretrained, "prompt": args.prompt, "max_new_tokens": args.max_new_tokens,
                "same_tokens": same, "gptcore_text": texts["gptcore"], "transformers_text": texts["transformers"],
-               "wall_seconds": round(time.time() - start, 1)}
+               "wall_seconds": round(time.time() - start, 1),
+               "cpu_seconds": round(time.process_time(), 1)}
     write_json(str(Path(args.out_dir) / "summary.json"), summary, indent=2)
     print(f"generate: greedy gptcore and transformers {'agree on all' if same else 'DIFFER within the'} "
           f"{args.max_new_tokens} new tokens ({args.pretrained})")

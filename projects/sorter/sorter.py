@@ -121,10 +121,12 @@ def main():
         print(f"mistake: GPT sorts {problem} as {claimed}")
     summary = {"accuracy": accuracy, "fresh_problems": len(fresh), "held_out_accuracy": held_out_accuracy,
                "iters": trainer.iter_num, "train_seconds": round(train_seconds, 1),
-               "wall_seconds": round(time.time() - start, 1), "device": str(trainer.device)}
+               "wall_seconds": round(time.time() - start, 1),
+               "cpu_seconds": round(time.process_time(), 1), "device": str(trainer.device)}
     write_json(str(Path(args.out_dir) / "summary.json"), summary, indent=2)
     print(f"sorter: accuracy {accuracy:.2%} on 1,000 fresh random problems, {held_out_accuracy:.2%} on the "
-          f"{len(split_problems()['test'])} never trained on, after {trainer.iter_num} steps, {summary['wall_seconds']:.0f} s")
+          f"{len(split_problems()['test'])} never trained on, after {trainer.iter_num} steps, "
+          f"{summary['wall_seconds']:.0f} s")
 
 
 if __name__ == "__main__":

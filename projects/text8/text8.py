@@ -95,7 +95,8 @@ def main():
     parser.add_argument("--block-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-iters", type=int, default=50_000)
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="peak, after 5%% of steps; cosine decay to a tenth of it")
+    parser.add_argument("--learning-rate", type=float, default=1e-3,
+                        help="peak, after 5%% of steps; cosine decay to a tenth of it")
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--out-dir", default="out/text8")
@@ -147,7 +148,8 @@ def main():
     summary = {"test_bpc": test_bpc, "val_bpc": val_bpc, "test_chars": len(ids) - n_train - n_val,
                "val_chars": n_val, "train_chars": n_train, "iters": trainer.iter_num,
                "train_seconds": round(train_seconds, 1), "wall_seconds": round(time.time() - start, 1),
-               "device": str(trainer.device), "input": args.input or "text8", "config": vars(args)}
+               "cpu_seconds": round(time.process_time(), 1), "device": str(trainer.device),
+               "input": args.input or "text8", "config": vars(args)}
     write_json(str(Path(args.out_dir) / "summary.json"), summary, indent=2)
     print(f"text8: test {test_bpc:.4f} bits/char over all {summary['test_chars']:,} test characters "
           f"(val {val_bpc:.4f}), after {trainer.iter_num} steps, {summary['wall_seconds']:.0f} s")
