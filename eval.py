@@ -22,6 +22,7 @@ from gptcore.fileio import write_json
 from gptcore.train.distributed import destroy_distributed, init_distributed
 
 COMMITTED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoint")
+DEFAULT_LIMIT = 500  # examples per task; the full sets ('all') take many times longer on a CPU
 
 
 def parse_args(argv=None):
@@ -32,9 +33,10 @@ def parse_args(argv=None):
     source.add_argument("--pretrained", metavar="NAME_OR_DIR", help="OpenAI GPT-2 in the Hugging Face format")
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {', '.join(TASKS)} "
                         "(default: all)")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="score only the first N examples of each task, in file order (for wikitext2: the "
-                             "first N windows) (default: all)")
+    parser.add_argument("--limit", default=str(DEFAULT_LIMIT),
+                        help="score the first N examples of each task, in file order (for wikitext2: the first N "
+                             f"windows), or 'all' (default: {DEFAULT_LIMIT}, so that the default run takes minutes "
+                             "on a 2-core CPU)")
     parser.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default: 16)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "auto"], default="float32",
@@ -48,8 +50,12 @@ def parse_args(argv=None):
     parser.add_argument("--log-samples", action="store_true", help="put every example's scores in the JSON too")
     args = parser.parse_args(argv)
     args.tasks = parse_tasks(args.tasks)
-    if args.limit is not None and args.limit < 1:
-        raise GPTCoreError(f"--limit must be >= 1, got {args.limit}")
+    if args.limit == "all":
+        args.limit = None
+    elif not args.limit.isdigit() or int(args.limit) < 1:
+        raise GPTCoreError(f"--limit takes a number >= 1 or 'all', got '{args.limit}'")
+    else:
+        args.limit = int(args.limit)
     if args.batch_size < 1:
         raise GPTCoreError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.log_samples and not args.out:

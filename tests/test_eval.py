@@ -367,3 +367,11 @@ def test_train_logs_hellaswag_and_plots_it(tmp_path):
     want = hellaswag.evaluate(model, tok, task_file("hellaswag"), limit=6, progress=False).metrics
     assert records[-1]["hellaswag_acc_norm"] == want["acc_norm"] and records[-1]["hellaswag_acc"] == want["acc"]
     assert (out / "loss.png").exists() and len(loss_figure(records).axes) == 2
+
+
+def test_limit_takes_a_count_or_all():
+    assert eval_script.parse_args([]).limit == eval_script.DEFAULT_LIMIT
+    assert eval_script.parse_args(["--limit", "all"]).limit is None
+    assert eval_script.parse_args(["--limit", "7"]).limit == 7
+    with pytest.raises(GPTCoreError, match="--limit takes a number >= 1 or 'all', got '0'"):
+        eval_script.parse_args(["--limit", "0"])
