@@ -141,6 +141,8 @@ def wandb_records(path: Path):
     a 7-byte ':W&B' header, then 32 KiB blocks of chunks, each a 7-byte header (crc32c, length, type) and data."""
     from wandb.proto import wandb_internal_pb2
     data, block = path.read_bytes(), 32768
+    if len(data) < 7:  # not written yet
+        return
     assert data[:4] == b":W&B"
     pos, pending = 7, b""
     while pos + 7 <= len(data):
@@ -158,8 +160,12 @@ def wandb_records(path: Path):
 
 
 def wandb_run(run_dir: Path) -> tuple[str, dict, list[dict]]:
-    """(run id, config, history rows) of one offline run directory."""
+    """(run id, config, history rows) of one offline run directory. W&B's service process writes the file and may
+    still be at it when run.finish() returns: wait for its exit record."""
     (path,) = run_dir.glob("run-*.wandb")
+    deadline = time.time() + 60
+    while "exit" not in {r.WhichOneof("record_type") for r in wandb_records(path)} and time.time() < deadline:
+        time.sleep(0.2)
     run_id, config, history = None, {}, []
     for r in wandb_records(path):
         kind = r.WhichOneof("record_type")
