@@ -121,7 +121,7 @@ def opening(config: TrainConfig, trainer: Trainer, meta: dict, ckpt_file: str | 
     model = trainer.raw_model
     m = model.config
     if ckpt_file:
-        start = f"resuming {ckpt_file} at step {trainer.iter_num} of {trainer.config.max_iters}"
+        start = f"resuming from {ckpt_file} at step {trainer.iter_num} of {trainer.config.max_iters}"
     elif config.init_from == "resume":
         start = "a new run (no checkpoint there yet)"
     else:
