@@ -54,9 +54,12 @@ def lm_callbacks(config: TrainConfig, trainer: Trainer, tokenizer, val_loader) -
     if peak is None and trainer.device_type == "cpu" and trainer.is_main:
         dtype = torch.bfloat16 if trainer.dtype == "bfloat16" else torch.float32
         peak, source = cpu_matmul_peak(dtype)
-        print(f"MFU is against this CPU's {trainer.dtype} matmul ceiling, {peak / 1e9:,.1f} GFLOP/s ({source})")
+        source = f"MFU is against this CPU's {trainer.dtype} matmul ceiling, {peak / 1e9:,.1f} GFLOP/s ({source})"
+    else:
+        source = None
     metrics = os.path.join(c.out_dir, "metrics.jsonl")
-    everyone = [Throughput(tokens_per_step, model.flops_per_token(model.config.block_size), peak, trainer.world_size),
+    everyone = [Throughput(tokens_per_step, model.flops_per_token(model.config.block_size), peak, trainer.world_size,
+                           source),
                 Evaluate(val_loader, c.eval_interval, c.eval_steps)]
     main_only = [MetricsFile(metrics), ProgressLine(), LongRunNotice(trainer.device),
                  *([SampleText(tokenizer, c.sample_tokens, c.trainer.seed)] if c.sample_tokens else []),
@@ -106,13 +109,16 @@ def build_trainer(config: TrainConfig) -> tuple[Trainer, object]:
                       rank=d.rank, world_size=d.world_size, shuffle=False)
     trainer_config = replace(config.trainer, device=device, grad_accum_steps=grad_accum_steps(config, d.world_size))
     trainer = Trainer(trainer_config, model, train, dist=d if d.enabled else None)
+    callbacks = lm_callbacks(config, trainer, tokenizer, val)
+    for callback in callbacks:
+        trainer.add_callbacks(callback)
     if ckpt_file:
         trainer.load_state_dict({"iter_num": ckpt["step"], "data": ckpt.get("loader"), **ckpt})  # older files: loader
     if d.is_main:
         print(opening(config, trainer, meta, ckpt_file, tokens=[sum(map(shard_token_count, loader.files))
                                                                 for loader in (train, val)]))
-    for callback in lm_callbacks(config, trainer, tokenizer, val):
-        trainer.add_callbacks(callback)
+        if callbacks[0].peak_source:
+            print(callbacks[0].peak_source)
     return trainer, tokenizer
 
 
