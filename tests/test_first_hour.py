@@ -94,7 +94,7 @@ def test_the_closing_sample_command_works_and_names_its_checkpoint(elsewhere, fi
 def test_a_run_at_max_steps_says_so(elsewhere, first_run):
     r = script("train.py", "--data", "data", "--out-dir", "out", *TINY, "--max-steps", "3", cwd=elsewhere)
     assert r.returncode == 0, r.stderr
-    assert "out dir out: resuming out/ckpt_0000003.pt at step 3 of 3" in r.stdout
+    assert "out dir out: resuming from out/ckpt_0000003.pt at step 3 of 3" in r.stdout
     assert r.stdout.strip().splitlines()[-1] == ("nothing to do: the run in out is already at step 3, and --max-iters "
                                                  "is 3; raise --max-iters to train it further, or pick a new --out-dir")
 

@@ -18,9 +18,11 @@ from ..plot import plot_losses
 class Throughput:
     """Adds tokens, tok_per_s and (given the device's peak FLOP/s) mfu to the record."""
 
-    def __init__(self, tokens_per_step: int, flops_per_token: float, peak_flops: float | None, world_size: int):
+    def __init__(self, tokens_per_step: int, flops_per_token: float, peak_flops: float | None, world_size: int,
+                 peak_source: str | None = None):
         self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
         self.peak_flops, self.world_size = peak_flops, world_size
+        self.peak_source = peak_source  # a line saying where peak_flops came from, printed once by the recipe
 
     def on_batch_end(self, trainer):
         r = trainer.record

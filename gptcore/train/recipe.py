@@ -70,9 +70,12 @@ def lm_callbacks(config: TrainConfig, trainer: Trainer, tokenizer, val_loader, t
     if peak is None and trainer.device_type == "cpu" and trainer.is_main:
         dtype = torch.bfloat16 if trainer.dtype == "bfloat16" else torch.float32
         peak, source = cpu_matmul_peak(dtype)
-        print(f"MFU is against this CPU's {trainer.dtype} matmul ceiling, {peak / 1e9:,.1f} GFLOP/s ({source})")
+        source = f"MFU is against this CPU's {trainer.dtype} matmul ceiling, {peak / 1e9:,.1f} GFLOP/s ({source})"
+    else:
+        source = None
     metrics = os.path.join(c.out_dir, "metrics.jsonl")
-    everyone = [Throughput(tokens_per_step, model.flops_per_token(model.config.block_size), peak, trainer.world_size),
+    everyone = [Throughput(tokens_per_step, model.flops_per_token(model.config.block_size), peak, trainer.world_size,
+                           source),
                 Evaluate(val_loader, c.eval_interval, c.eval_steps),
                 *([HellaSwagCallback(tokenizer, c.hellaswag_interval, c.hellaswag_limit)] if c.hellaswag_interval else [])]
     main_only = [MetricsFile(metrics), ProgressLine(), LongRunNotice(trainer.device),
@@ -124,13 +127,16 @@ def build_trainer(config: TrainConfig) -> tuple[Trainer, object]:
                       rank=d.rank, world_size=d.world_size, shuffle=False)
     trainer_config = replace(config.trainer, device=device, grad_accum_steps=grad_accum_steps(config, d.world_size))
     trainer = Trainer(trainer_config, model, train, dist=d if d.enabled else None)
+    callbacks = lm_callbacks(config, trainer, tokenizer, val, tracker_callbacks)
+    for callback in callbacks:
+        trainer.add_callbacks(callback)
     if ckpt_file:
         trainer.load_state_dict({"iter_num": ckpt["step"], "data": ckpt.get("loader"), **ckpt})  # older files: loader
     if d.is_main:
         print(opening(config, trainer, meta, ckpt_file, tokens=[sum(map(shard_token_count, loader.files))
                                                                 for loader in (train, val)]))
-    for callback in lm_callbacks(config, trainer, tokenizer, val, tracker_callbacks):
-        trainer.add_callbacks(callback)
+        if callbacks[0].peak_source:
+            print(callbacks[0].peak_source)
     return trainer, tokenizer
 
 
@@ -139,7 +145,7 @@ def opening(config: TrainConfig, trainer: Trainer, meta: dict, ckpt_file: str | 
     model = trainer.raw_model
     m = model.config
     if ckpt_file:
-        start = f"resuming {ckpt_file} at step {trainer.iter_num} of {trainer.config.max_iters}"
+        start = f"resuming from {ckpt_file} at step {trainer.iter_num} of {trainer.config.max_iters}"
     elif config.init_from == "resume":
         start = "a new run (no checkpoint there yet)"
     else:
