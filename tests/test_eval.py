@@ -356,7 +356,7 @@ def test_train_logs_hellaswag_and_plots_it(tmp_path):
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--data", str(data), "--out-dir", str(out),
                         "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "64", "--batch-size", "2",
-                        "--max-iters", "4", "--eval-interval", "4", "--eval-steps", "1", "--sample-tokens", "0",
+                        "--max-iters", "4", "--warmup-steps", "0", "--eval-interval", "4", "--eval-steps", "1", "--sample-tokens", "0",
                         "--dtype", "float32", "--hellaswag-interval", "2", "--hellaswag-limit", "6"],
                        capture_output=True, text=True, cwd=ROOT, timeout=600,
                        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})

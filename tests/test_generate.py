@@ -13,6 +13,7 @@ from gptcore import GPT, GPTConfig, GPTCoreError
 from gptcore.infer.sampling import next_token_probs, sample_next_token
 from gptcore.infer.text import decode_stream
 from gptcore.tokenizer import CharTokenizer, get_tokenizer
+from gptcore.train.loop import configure_optimizer
 
 
 def tiny_model(dtype=torch.float32, block_size=16, vocab_size=64, seed=0):
@@ -128,7 +129,7 @@ def test_model_generate_never_uses_stale_weights():
     # generation dtype (a converted copy is rebuilt when a parameter changes in place)
     model = tiny_model()
     idx = torch.randint(0, 64, (2, 4), generator=torch.Generator().manual_seed(6))
-    opt = model.configure_optimizer(weight_decay=0.1, learning_rate=0.5)
+    opt = configure_optimizer(model, weight_decay=0.1, learning_rate=0.5)
     for dtype in ("float32", "bfloat16"):
         before = model.generate(idx, 12, dtype=dtype)
         loss = model(idx, idx)[1]

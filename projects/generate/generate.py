@@ -32,7 +32,8 @@ def load_both(pretrained: str):
 @torch.no_grad()
 def greedy_both(ours, theirs, ids: torch.Tensor, max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(1, T) prompt ids -> the (1, T + max_new_tokens) greedy continuations of gptcore and of transformers."""
-    mine = ours.generate(ids, max_new_tokens, do_sample=False)
+    # float32 on both sides: gptcore's default on a CPU with fast bf16 is bf16, whose greedy path may part from fp32's
+    mine = ours.generate(ids, max_new_tokens, do_sample=False, dtype=torch.float32)
     reference = theirs.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                 min_new_tokens=max_new_tokens, do_sample=False,
                                 pad_token_id=theirs.config.eos_token_id)
