@@ -15,19 +15,10 @@ from gptcore.infer import Event, Request
 from gptcore.infer.text import TextStream
 from gptcore.tokenizer import CharTokenizer, get_tokenizer
 
+from test_generate import tiny_model  # the same random model the generation tests use
+
 ROOT = Path(__file__).resolve().parents[1]
 CHARS = "abcdefghijklmnopqrstuvwxyz ,.\n"
-
-
-def tiny_model(block_size=16, vocab_size=64, seed=0, dtype=torch.float32):
-    """Random weights with a wide spread, so greedy continuations vary (GPT-2's 0.02 init repeats one token)."""
-    torch.manual_seed(seed)
-    model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=32))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0, 0.3)
-    return model.to(dtype).eval()
 
 
 def window_greedy(forward, ids, n, block):
