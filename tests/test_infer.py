@@ -161,6 +161,99 @@ def test_cancelling_from_another_thread():
     assert seen[-1].finish_reason == "cancelled" and len(seen) < 1000
 
 
+def tokens_by_handle(steps_events):
+    """{handle: its tokens} from a list of steps' events; checks each request got exactly one final event, its last."""
+    out, finished = {}, set()
+    for events in steps_events:
+        for e in events:
+            assert e.index not in finished
+            if e.token is not None:
+                out.setdefault(e.index, []).append(e.token)
+            if e.finish_reason:
+                finished.add(e.index)
+    assert set(out) <= finished
+    return out, finished
+
+
+def test_requests_added_mid_run_get_the_tokens_they_get_alone():
+    engine = Generator(tiny_model(), dtype="float32")
+    n = 40  # block_size 16: windows restart while other rows decode
+    kw = dict(temperature=1.2, top_k=30, top_p=0.9)
+    joiners = {3: Request(PROMPTS[3], n, do_sample=False), 7: Request(PROMPTS[1], 25, seed=11, **kw),
+               35: Request(PROMPTS[4], n, do_sample=False)}  # after the second one's 25 steps
+    steps = []
+    with engine.batch(rows=3) as batch:
+        handles = {batch.add(Request(PROMPTS[0], n, do_sample=False)): PROMPTS[0]}
+        for i in range(200):
+            if i in joiners:
+                handles[batch.add(joiners[i])] = joiners[i]
+            if not batch:
+                break
+            steps.append(batch.step())
+            assert len(batch) <= 3
+    got, finished = tokens_by_handle(steps)
+    assert finished == set(handles) == {0, 1, 2, 3}
+    assert got[0] == engine.generate([PROMPTS[0]], n, do_sample=False)[0][1:]
+    assert got[1] == engine.generate([PROMPTS[3]], n, do_sample=False)[0][len(PROMPTS[3]):]
+    assert got[2] == engine.generate([PROMPTS[1]], 25, seed=11, **kw)[0][len(PROMPTS[1]):]
+    assert got[3] == engine.generate([PROMPTS[4]], n, do_sample=False)[0][len(PROMPTS[4]):]
+    assert any(len(events) == 3 for events in steps)  # the joiners did share steps with the first request
+
+
+def test_a_finished_request_frees_its_row_for_the_next_one():
+    engine = Generator(tiny_model(), dtype="float32")
+    with engine.batch(rows=2) as batch:
+        cache = batch.cache
+        batch.add(Request(PROMPTS[2], 3, do_sample=False))
+        batch.add(Request(PROMPTS[4], 30, do_sample=False))
+        assert batch.free == 0
+        with pytest.raises(GPTCoreError, match="rows"):
+            batch.add(Request([1], 5))
+        steps = [batch.step() for _ in range(3)]
+        assert len(batch) == 1 and batch.free == 1  # the 3-token request is done
+        late = Request(PROMPTS[1], 25, do_sample=False)
+        assert batch.add(late) == 2  # in the row the first request held: its stale keys must not leak in
+        while batch:
+            steps.append(batch.step())
+    got, finished = tokens_by_handle(steps)
+    assert finished == {0, 1, 2}
+    assert got[2] == engine.generate([PROMPTS[1]], 25, do_sample=False)[0][len(PROMPTS[1]):]
+    assert got[1] == engine.generate([PROMPTS[4]], 30, do_sample=False)[0][len(PROMPTS[4]):]
+    assert cache.batch_size == 2 and engine._caches == [cache]  # three requests in two rows, cache given back
+    with pytest.raises(GPTCoreError, match="closed"):
+        batch.add(Request([1], 5))
+
+
+def test_a_cancelled_request_frees_its_row_at_the_next_step():
+    engine = Generator(tiny_model(), dtype="float32")
+    with engine.batch(rows=1) as batch:
+        first = Request(PROMPTS[0], 50, do_sample=False)
+        batch.add(first)
+        steps = [batch.step(), batch.step()]
+        first.cancelled = True
+        assert batch.free == 1
+        second = batch.add(Request(PROMPTS[3], 20, do_sample=False))
+        steps.append(batch.step())
+        assert steps[-1][0] == Event(0, None, "", "cancelled") and [e.index for e in steps[-1]] == [0, second]
+        while batch:
+            steps.append(batch.step())
+    got, finished = tokens_by_handle(steps)
+    assert finished == {0, 1} and len(got[0]) == 2
+    assert got[1] == engine.generate([PROMPTS[3]], 20, do_sample=False)[0][len(PROMPTS[3]):]
+
+
+def test_a_batch_checks_requests_when_they_are_added():
+    engine = Generator(tiny_model(), dtype="float32")
+    with engine.batch(rows=2, max_len=8) as batch:
+        with pytest.raises(GPTCoreError, match="max_len"):
+            batch.add(Request([1, 2, 3], 6))  # 3 + 6 positions > 8
+        with pytest.raises(GPTCoreError, match="temperature"):
+            batch.add(Request([1], 5, temperature=-1))
+        assert batch.free == 2 and not batch and batch.step() == []
+    with pytest.raises(GPTCoreError, match="rows"):
+        engine.batch(rows=0)
+
+
 def test_stop_strings_end_the_text_and_are_not_emitted():
     tok = CharTokenizer(CHARS)
     model = tiny_model(vocab_size=tok.n_vocab, block_size=32)

@@ -12,6 +12,11 @@ outgrows block_size. The policy, per row:
     which are prefilled again. That is one prefill every block_size // 2 tokens, cheap amortized.
 Recomputing that same window from scratch at every step gives the same greedy tokens (tests/test_generate.py).
 
+Continuous batching. A Batch (Generator.batch) owns a fixed number of cache rows. Requests join it at any step
+and leave it when they finish or are cancelled, which frees their row for the next one; a newcomer's prompt is
+prefilled in its first step, in a forward of its own next to that step's decode forward. Generator.run is a Batch
+that gets all its requests before the first step.
+
 Weights. The engine runs the model itself when it is already in the requested dtype and nothing needs packing;
 otherwise it keeps its own inference copy (converted to dtype, packed for oneDNN on CPUs, or int8), rebuilt
 whenever the model's parameters change, so it never samples from stale weights. The engine imports nothing from
@@ -57,7 +62,7 @@ class Request:
 @dataclass
 class Event:
     """What one request produced in one step."""
-    index: int  # which request: its position in the list given to run
+    index: int  # which request: its position in the list given to run, or the handle Batch.add returned
     token: int | None  # the new token id (None on a final event that adds no token)
     text: str  # new text; never splits a UTF-8 character; holds back what could still become a stop string
     finish_reason: str | None  # None while running; then "stop" (stop token or string), "length" or "cancelled"
@@ -198,28 +203,36 @@ class Generator:
     # ---- requests ----
 
     def _check(self, requests: list[Request]):
-        vocab_size = self.model.config.vocab_size
         if not requests:
             raise GPTCoreError("run() needs at least one Request")
         for i, r in enumerate(requests):
-            if not isinstance(r, Request):
-                raise GPTCoreError(f"request {i} is a {type(r).__name__}, not a gptcore.infer.Request")
-            if not r.ids or not all(isinstance(t, int) and 0 <= t < vocab_size for t in r.ids):
-                raise GPTCoreError(f"request {i}: ids must be a non-empty list of token ids in [0, {vocab_size}) "
-                                   "(start from the tokenizer's eot_token for an empty prompt)")
-            check_sampling(r.temperature, r.top_k, r.top_p, r.max_new_tokens, r.seed)
-            stop = self._stop_token(r)
-            if stop is not None and not (isinstance(stop, int) and 0 <= stop < vocab_size):
-                raise GPTCoreError(f"request {i}: stop_token must be a token id in [0, {vocab_size}), got {stop!r}")
-            if isinstance(r.stop, str) or not all(isinstance(s, str) and s for s in r.stop):
-                raise GPTCoreError(f"request {i}: stop must be a list of non-empty strings, got {r.stop!r}")
-            if r.stop and self.tokenizer is None:
-                raise GPTCoreError("stop strings need a tokenizer: Generator(model, tokenizer)")
+            self._check_request(r, f"request {i}")
+
+    def _check_request(self, r: Request, name: str):
+        vocab_size = self.model.config.vocab_size
+        if not isinstance(r, Request):
+            raise GPTCoreError(f"{name} is a {type(r).__name__}, not a gptcore.infer.Request")
+        if not r.ids or not all(isinstance(t, int) and 0 <= t < vocab_size for t in r.ids):
+            raise GPTCoreError(f"{name}: ids must be a non-empty list of token ids in [0, {vocab_size}) "
+                               "(start from the tokenizer's eot_token for an empty prompt)")
+        check_sampling(r.temperature, r.top_k, r.top_p, r.max_new_tokens, r.seed)
+        stop = self._stop_token(r)
+        if stop is not None and not (isinstance(stop, int) and 0 <= stop < vocab_size):
+            raise GPTCoreError(f"{name}: stop_token must be a token id in [0, {vocab_size}), got {stop!r}")
+        if isinstance(r.stop, str) or not all(isinstance(s, str) and s for s in r.stop):
+            raise GPTCoreError(f"{name}: stop must be a list of non-empty strings, got {r.stop!r}")
+        if r.stop and self.tokenizer is None:
+            raise GPTCoreError("stop strings need a tokenizer: Generator(model, tokenizer)")
 
     def _stop_token(self, request: Request):
         if request.stop_token != EOT:
             return request.stop_token
         return None if self.tokenizer is None else self.tokenizer.eot_token
+
+    def batch(self, rows: int, max_len: int | None = None) -> "Batch":
+        """A Batch of `rows` cache rows, each holding max_len positions (default block_size, room for any request);
+        requests join and leave it at any step. Close it (or use it in a with block) to give the cache back."""
+        return Batch(self, rows, max_len or self.block_size)
 
     def run(self, requests: list[Request], generators: list | None = None) -> Iterator[list[Event]]:
         """Decodes all requests together, one batched forward per step; yields each step's events.
@@ -227,53 +240,20 @@ class Generator:
         Every request gets exactly one event with finish_reason set, its last. A request that finishes or is
         cancelled frees its row (no more compute for it). Prompts of different lengths are fine.
         generators: a torch.Generator per request to draw its samples from, instead of its seed.
-        Requests are checked here, before the first step.
+        Requests are checked here, before the first step. For requests that arrive while others decode, use
+        Generator.batch.
         """
         self._check(requests)
         return self._run(requests, generators)
 
-    @torch.inference_mode()
     def _run(self, requests, generators):
         block_size = self.block_size
-        rows = []
-        for i, r in enumerate(requests):
-            gen = generators[i] if generators else None
-            if gen is None and r.seed is not None:
-                gen = torch.Generator(self.device).manual_seed(r.seed)
-            text = TextStream(self.tokenizer, r.stop) if self.tokenizer is not None else None
-            rows.append(_Row(i, r, i, block_size, self._stop_token(r), text, gen))
         max_len = max(min(block_size, min(len(r.ids), block_size) + r.max_new_tokens) for r in requests)
-        cache = self._take_cache(len(requests), max_len)
-        model = self._inference_model()  # checked once per run: the weights as they are when the run starts
-        try:
-            while rows:
-                events = []
-                for row in [r for r in rows if r.request.cancelled]:
-                    rows.remove(row)
-                    events.append(Event(row.index, None, "", "cancelled"))
-                if rows:
-                    inputs = [r.pending(block_size) for r in rows]
-                    # fresh windows (prefills) and single new tokens go in separate forwards: padding a decode step
-                    # to a prompt's length would waste the step
-                    prefill = [i for i, ids in enumerate(inputs) if len(ids) > 1]
-                    decode = [i for i, ids in enumerate(inputs) if len(ids) == 1]
-                    logits = [None] * len(rows)
-                    for group in (prefill, decode):
-                        if group:
-                            out = self._forward(model, [rows[i] for i in group], [inputs[i] for i in group], cache)
-                            for i, row_logits in zip(group, out):
-                                logits[i] = row_logits
-                    for row, ids in zip(rows, inputs):
-                        row.cached += len(ids)
-                    tokens = self._sample(rows, torch.stack(logits))
-                    for row, token in zip(list(rows), tokens):
-                        event = self._advance(row, token)
-                        events.append(event)
-                        if event.finish_reason:
-                            rows.remove(row)
-                yield events
-        finally:
-            self._caches.append(cache)
+        with Batch(self, len(requests), max_len) as batch:
+            for i, r in enumerate(requests):  # handles 0, 1, ...: each request's index in the list
+                batch.add(r, generators[i] if generators else None)
+            while batch:
+                yield batch.step()
 
     def _sample(self, rows: list[_Row], logits) -> list[int]:
         """logits (B, V) -> one token per row: a batched argmax for greedy rows, a draw with each row's settings
@@ -351,6 +331,125 @@ class Generator:
             for e in events:
                 if e.text:
                     yield e.text
+
+
+class Batch:
+    """Continuous batching: requests join at any step boundary and leave when they finish or are cancelled.
+
+    It owns `rows` rows of one KV cache of max_len positions each (taken from the engine's pool, given back by
+    close()), and the engine's weights as they are when it is made. Each step() feeds every running request one
+    token (a newcomer: its prompt) and returns their Events; a finished or cancelled request's row is free for the
+    next add(). A request's tokens do not depend on what else runs with it.
+
+        with engine.batch(rows=4) as batch:
+            batch.add(Request(ids, 50))                # -> a handle, the index of this request's Events
+            while batch:                               # while requests run
+                events = batch.step()
+                if batch.free: batch.add(...)          # newcomers join at the next step
+
+    Use a Batch from one thread; other threads may set Request.cancelled.
+    """
+
+    def __init__(self, engine: Generator, rows: int, max_len: int):
+        if not (isinstance(rows, int) and rows >= 1 and isinstance(max_len, int) and 1 <= max_len <= engine.block_size):
+            raise GPTCoreError(f"a batch needs rows >= 1 and max_len in [1, {engine.block_size}], got {rows} and "
+                               f"{max_len}")
+        self.engine, self.rows, self.max_len = engine, rows, max_len
+        with torch.inference_mode():
+            self.cache = engine._take_cache(rows, max_len)
+            self._model = engine._inference_model()  # the weights as they are now, for the whole batch
+        self._running = []  # the running requests' _Rows, in the order of their cache rows
+        self._free = list(range(rows))  # cache rows no request holds, lowest first
+        self._dropped = []  # final events of cancelled requests, for the next step to return
+        self._handles = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        """Gives the cache back to the engine (once); running requests get no more steps."""
+        if self.cache is not None:
+            self.engine._caches.append(self.cache)
+            self.cache, self._running = None, []
+
+    def __len__(self) -> int:
+        """How many requests are running (a cancelled one until the step that drops it)."""
+        return len(self._running)
+
+    @property
+    def free(self) -> int:
+        """How many requests add() takes now: rows nobody holds, and those of cancelled requests."""
+        return len(self._free) + sum(r.request.cancelled for r in self._running)
+
+    def add(self, request: Request, generator: torch.Generator | None = None) -> int:
+        """Starts a request at the next step; returns its handle (Event.index). generator: draw its samples from
+        it instead of from request.seed. Raises GPTCoreError for a bad request or when no row is free."""
+        engine = self.engine
+        engine._check_request(request, "request")
+        needs = min(engine.block_size, min(len(request.ids), engine.block_size) + request.max_new_tokens)
+        if needs > self.max_len:
+            raise GPTCoreError(f"request: its prompt and max_new_tokens need {needs} positions and this batch's rows "
+                               f"hold {self.max_len}; make the batch with a larger max_len")
+        if self.cache is None:
+            raise GPTCoreError("this batch is closed; make a new one with Generator.batch")
+        if not self._free:
+            self._drop_cancelled()
+        if not self._free:
+            raise GPTCoreError(f"all {self.rows} rows of this batch are running; add when batch.free > 0")
+        if generator is None and request.seed is not None:
+            generator = torch.Generator(engine.device).manual_seed(request.seed)
+        text = TextStream(engine.tokenizer, request.stop) if engine.tokenizer is not None else None
+        row = _Row(self._handles, request, self._free.pop(0), engine.block_size, engine._stop_token(request), text,
+                   generator)
+        self._handles += 1
+        self._running.append(row)
+        self._running.sort(key=lambda r: r.row)
+        return row.index
+
+    def _drop_cancelled(self):
+        """Frees the rows of cancelled requests; their final events go out with the next step's."""
+        for row in [r for r in self._running if r.request.cancelled]:
+            self._release(row)
+            self._dropped.append(Event(row.index, None, "", "cancelled"))
+
+    def _release(self, row: _Row):
+        self._running.remove(row)
+        self._free.append(row.row)
+        self._free.sort()
+
+    @torch.inference_mode()
+    def step(self) -> list[Event]:
+        """One token for every running request (a newcomer's prompt is prefilled first) -> their Events; each
+        request's last Event has finish_reason set ("stop", "length" or "cancelled")."""
+        engine, block_size = self.engine, self.engine.block_size
+        self._drop_cancelled()
+        events, self._dropped = self._dropped, []
+        rows = list(self._running)
+        if not rows:
+            return events
+        inputs = [r.pending(block_size) for r in rows]
+        # fresh windows (prefills) and single new tokens go in separate forwards: padding a decode step to a
+        # prompt's length would waste the step
+        prefill = [i for i, ids in enumerate(inputs) if len(ids) > 1]
+        decode = [i for i, ids in enumerate(inputs) if len(ids) == 1]
+        logits = [None] * len(rows)
+        for group in (prefill, decode):
+            if group:
+                out = engine._forward(self._model, [rows[i] for i in group], [inputs[i] for i in group], self.cache)
+                for i, row_logits in zip(group, out):
+                    logits[i] = row_logits
+        for row, ids in zip(rows, inputs):
+            row.cached += len(ids)
+        tokens = engine._sample(rows, torch.stack(logits))
+        for row, token in zip(rows, tokens):
+            event = engine._advance(row, token)
+            events.append(event)
+            if event.finish_reason:
+                self._release(row)
+        return events
 
 
 _CACHED = weakref.WeakKeyDictionary()
