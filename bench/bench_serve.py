@@ -77,10 +77,10 @@ def wait_until_up(port: int, proc, seconds: float = 300) -> str:
     sys.exit(f"error: serve.py did not answer within {seconds:.0f} s")
 
 
-def batch_sizes(port: int) -> collections.Counter:
-    """The server's count of batches by their number of rows, from GET /health."""
+def step_rows(port: int) -> collections.Counter:
+    """The server's count of decode steps by the number of rows they decoded, from GET /health."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=60) as response:
-        return collections.Counter({int(k): v for k, v in json.load(response)["batch_sizes"].items()})
+        return collections.Counter({int(k): v for k, v in json.load(response)["step_rows"].items()})
 
 
 def stream_completion(conn: http.client.HTTPConnection, body: bytes) -> tuple[float | None, int]:
@@ -169,9 +169,9 @@ def main():
         rounds = {c: [] for c in CONCURRENCY}
         for r in range(args.rounds):
             for c in CONCURRENCY:
-                before = batch_sizes(port)
+                before = step_rows(port)
                 result = one_round(port, model, c, args.seconds / args.rounds, args)
-                result["batches"] = batch_sizes(port) - before
+                result["steps"] = step_rows(port) - before
                 rounds[c].append(result)
                 print(f"round {r + 1}/{args.rounds}, {c} clients: {result['tokens'] / result['wall']:.1f} tok/s, "
                       f"{len(result['errors'])} errors", file=sys.stderr)
@@ -190,10 +190,10 @@ def main():
         lost = sum(result["sent"] - result["done"] - len(result["errors"]) for result in rounds[c])
         requests = sum(result["done"] for result in rounds[c])
         tok_s = statistics.median(result["tokens"] / result["wall"] for result in rounds[c])
-        batches = sum((result["batches"] for result in rounds[c]), collections.Counter())
-        rows_per_batch = sum(k * v for k, v in batches.items()) / max(1, sum(batches.values()))
+        steps = sum((result["steps"] for result in rounds[c]), collections.Counter())
+        rows_per_step = sum(k * v for k, v in steps.items()) / max(1, sum(steps.values()))
         rows.append(f"| {c} | {requests} | {tok_s:.1f} | {speedup[c]:.2f}x | {percentile(ttft, 50) * 1e3:.0f} | "
-                    f"{percentile(ttft, 99) * 1e3:.0f} | {rows_per_batch:.1f} | {errors} | {lost} |")
+                    f"{percentile(ttft, 99) * 1e3:.0f} | {rows_per_step:.1f} | {errors} | {lost} |")
     first_errors = [e for c in CONCURRENCY for result in rounds[c] for e in result["errors"]][:3]
     met = speedup[4] >= 2.5 and all(not result["errors"] for c in CONCURRENCY for result in rounds[c])
     details = [f"CPU flags: {cpu_flags()}",
@@ -207,7 +207,7 @@ def main():
         details.append("first errors: " + "; ".join(first_errors))
     table = "\n".join([
         "| clients | requests | aggregate tok/s (median round) | vs 1 client (median of per-round ratios) | "
-        "TTFT p50, ms | TTFT p99, ms | rows per batch (mean) | errors | lost |",
+        "TTFT p50, ms | TTFT p99, ms | rows per step (mean) | errors | lost |",
         "|---|---|---|---|---|---|---|---|---|", *rows])
     report("bench_serve.py: serve.py under 1, 4 and 16 concurrent streaming clients", details, table,
            save=not args.no_save)

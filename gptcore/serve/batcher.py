@@ -1,15 +1,11 @@
-"""Step-level batching: one worker thread owns the engine, and requests that wait together decode together.
+"""Continuous batching: one worker thread owns the engine and decodes every running row in one step.
 
 An HTTP request becomes one or more rows (engine Requests: one per prompt and choice). Rows wait in a FIFO queue.
-Whenever the engine is free, the worker takes up to max_batch of them and decodes them with Generator.run: one
-batched forward per step for all rows. A row that finishes or is cancelled costs nothing from its next step on;
-rows that arrive while a batch decodes wait for the next one (Generator.run takes its rows at the start).
-
-Gathering. Clients served together tend to come back together, a few milliseconds apart. So when a batch ends,
-the next one waits up to GATHER_SECONDS until as many rows wait as the ended batch had plus those already waiting
-(at most max_batch). Without that, 4 clients settle into two alternating batches of 2, each half waiting out the
-other's whole generation; with it they share one batch of 4. A lone client never waits: its previous batch was
-its own single row.
+The worker drives an engine Batch of max_batch cache rows: before each step it moves waiting rows into the free
+ones, so a request that arrives while others decode joins them at the next step (its prompt is prefilled in that
+step) instead of waiting for them to finish. A row that finishes or is cancelled frees its place at once, and its
+cache row at the next step. When no row runs and none waits, the worker closes the Batch (the cache goes back to
+the engine) and sleeps until the next request; the next Batch reads the engine's weights afresh.
 
 Admission is decided at once: a submit that would take the rows in the system (waiting or decoding) past
 max_batch + max_queue raises QueueFull, which the server answers with 503 rather than letting the client hang.
@@ -21,11 +17,11 @@ The engine is used from the worker thread only; other threads touch nothing of i
 import collections
 import logging
 import threading
-import time
+
+from ..errors import GPTCoreError
 
 MAX_BATCH = 8  # rows decoded together; more rows per step is more tok/s in total until the device saturates
 MAX_QUEUE = 64  # rows waiting beyond a full batch before new requests are refused
-GATHER_SECONDS = 0.05  # the longest a batch waits for the previous batch's clients to come back
 
 log = logging.getLogger("gptcore.serve")
 
@@ -56,10 +52,10 @@ class Scheduler:
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
         self.engine, self.max_batch, self.max_queue = engine, max_batch, max_queue
-        self.batch_sizes = collections.Counter()  # rows at the start of a batch -> how many batches had that many
+        self.step_rows = collections.Counter()  # rows decoded in a step -> how many steps decoded that many
         self._cond = threading.Condition()
         self._waiting = collections.deque()
-        self._running = []
+        self._running = {}  # the engine batch's handle -> the row it decodes
         self._in_system = 0  # rows admitted and neither finished nor cancelled
         self._closed = False
         self._thread = threading.Thread(target=self._work, name="gptcore-engine", daemon=True)
@@ -75,7 +71,7 @@ class Scheduler:
         """Cancels every row and stops the worker after its current step."""
         with self._cond:
             self._closed = True
-            for row in [*self._waiting, *self._running]:
+            for row in [*self._waiting, *self._running.values()]:
                 self._free(row)
             self._cond.notify_all()
         self._thread.join()
@@ -92,17 +88,16 @@ class Scheduler:
         return ticket
 
     def cancel(self, ticket: Ticket):
-        """Drops the ticket's unfinished rows: waiting ones never run, decoding ones stop at the next step."""
+        """Drops the ticket's unfinished rows: waiting ones never run, decoding ones leave at the next step."""
         with self._cond:
             for row in ticket.rows:
                 self._free(row)
-            self._cond.notify_all()
 
     def stats(self) -> dict:
         with self._cond:
             waiting = sum(not row.done for row in self._waiting)
             return {"rows": self._in_system, "waiting": waiting, "max_batch": self.max_batch,
-                    "max_queue": self.max_queue, "batch_sizes": dict(sorted(self.batch_sizes.items()))}
+                    "max_queue": self.max_queue, "step_rows": dict(sorted(self.step_rows.items()))}
 
     def _free(self, row: _Row):
         """Call with the lock held. Marks the row done and gives its place back, once."""
@@ -111,53 +106,63 @@ class Scheduler:
             row.request.cancelled = True  # a no-op for a row the engine already finished
             self._in_system -= 1
 
-    def _live_waiting(self) -> int:
-        """Call with the lock held: drops cancelled rows from the queue, returns how many remain."""
-        self._waiting = collections.deque(row for row in self._waiting if not row.done)
-        return len(self._waiting)
-
-    def _next_batch(self, expected: int) -> list[_Row] | None:
-        """Blocks until rows wait; returns up to max_batch of them, or None once closed. `expected`: how many rows
-        the previous batch had."""
+    def _wait_for_rows(self) -> bool:
+        """Blocks until a row waits (True) or the scheduler closes (False)."""
         with self._cond:
-            # the rows already waiting, plus the previous batch's, whose clients may be about to send their next
-            want = min(self.max_batch, expected + self._live_waiting())
-            while not self._closed:
-                if not self._live_waiting():
-                    self._cond.wait()
+            while not self._closed and not any(not row.done for row in self._waiting):
+                self._cond.wait()
+            return not self._closed
+
+    def _admit(self, batch) -> list:
+        """Moves waiting rows into the batch's free rows. Returns [(ticket, [(index, error), ...])] for the rows
+        the engine refused."""
+        refused = collections.defaultdict(list)
+        with self._cond:
+            while self._waiting and batch.free and not self._closed:
+                row = self._waiting.popleft()
+                if row.done:  # cancelled while it waited
                     continue
-                end = time.monotonic() + GATHER_SECONDS
-                while self._live_waiting() < want and not self._closed and time.monotonic() < end:
-                    self._cond.wait(end - time.monotonic())
-                batch = [self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))]
-                if batch:
-                    self.batch_sizes[len(batch)] += 1
-                    self._running = batch
-                    return batch
-            return None
+                try:
+                    self._running[batch.add(row.request)] = row
+                except GPTCoreError as e:  # the app checks requests first; this is a bug's safety net
+                    log.error("the engine refused a row: %s", e)
+                    refused[row.ticket].append((row.index, e))
+                    self._free(row)
+        return refused.items()
 
     def _work(self):
-        previous = 1
-        while (batch := self._next_batch(previous)) is not None:
-            previous = len(batch)
+        while self._wait_for_rows():
             try:
-                for events in self.engine.run([row.request for row in batch]):
-                    by_ticket = collections.defaultdict(list)
-                    with self._cond:
-                        for event in events:
-                            row = batch[event.index]
-                            if event.finish_reason is not None:
-                                self._free(row)
-                            by_ticket[row.ticket].append((row.index, event))
-                    for ticket, ticket_events in by_ticket.items():
-                        ticket.on_events(ticket_events)
-            except Exception as e:  # the engine failed: every row of the batch hears it, and the server goes on
-                log.exception("the engine failed on a batch of %d rows", len(batch))
+                with self.engine.batch(self.max_batch) as batch:
+                    while True:
+                        self._deliver(self._admit(batch))
+                        if not batch:  # nothing runs, nothing waits: close the batch until the next request
+                            break
+                        events = batch.step()
+                        by_ticket = collections.defaultdict(list)
+                        with self._cond:
+                            for event in events:
+                                row = self._running[event.index]
+                                if event.finish_reason is not None:
+                                    del self._running[event.index]
+                                    self._free(row)
+                                by_ticket[row.ticket].append((row.index, event))
+                            decoded = sum(e.token is not None for e in events)
+                            if decoded:
+                                self.step_rows[decoded] += 1
+                        self._deliver(by_ticket.items())
+            except Exception as e:  # the engine failed: every running row hears it, and the server goes on
+                log.exception("the engine failed on a step of %d rows", len(self._running))
                 failed = collections.defaultdict(list)
                 with self._cond:
-                    for row in batch:
+                    for row in self._running.values():
                         if not row.done:
                             failed[row.ticket].append((row.index, e))
                         self._free(row)
-                for ticket, ticket_events in failed.items():
-                    ticket.on_events(ticket_events)
+                    self._running = {}
+                self._deliver(failed.items())
+
+    @staticmethod
+    def _deliver(deliveries):
+        for ticket, items in deliveries:
+            ticket.on_events(items)
