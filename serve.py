@@ -2,8 +2,8 @@
 
 OpenAI's API (POST /v1/completions, POST /v1/chat/completions, GET /v1/models, streaming with stream: true) and a
 chat page at http://127.0.0.1:8000/. The model is found as in sample.py: --checkpoint, --pretrained, else the
-committed checkpoint in checkpoint/. Requests that arrive together are decoded together, up to --max-batch rows;
-beyond --max-queue waiting rows the server answers 503 at once.
+committed checkpoint in checkpoint/. Running requests are decoded together, up to --max-batch rows, and a new one
+joins them at the next step; beyond --max-queue waiting rows the server answers 503 at once.
 """
 
 import argparse
@@ -39,7 +39,7 @@ def parse_args(argv=None):
     parser.add_argument("--api-key", metavar="KEY", default=None,
                         help="require 'Authorization: Bearer KEY' on /v1 requests (default: no key)")
     parser.add_argument("--max-batch", type=int, default=MAX_BATCH,
-                        help=f"rows (prompts x n) decoded together (default: {MAX_BATCH})")
+                        help=f"rows (prompts x n) decoded together in each step (default: {MAX_BATCH})")
     parser.add_argument("--max-queue", type=int, default=MAX_QUEUE,
                         help=f"rows waiting beyond a full batch before requests get 503 (default: {MAX_QUEUE})")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,

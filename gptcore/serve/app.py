@@ -4,7 +4,7 @@
                                 top_p, top_k (an extension), n, stop, seed, stream, stream_options
     POST /v1/chat/completions   the same with messages instead of prompt (template: gptcore/serve/protocol.py)
     GET  /v1/models             the one model served
-    GET  /health                liveness, plus the scheduler's queue and batch sizes
+    GET  /health                liveness, plus the scheduler's rows (running, waiting) and steps by rows decoded
     GET  /                      the chat page (static/index.html)
 
 Every error is OpenAI's JSON, {"error": {"message", "type", "param", "code"}}, with a 4xx status for anything the
