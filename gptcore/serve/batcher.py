@@ -3,9 +3,10 @@
 An HTTP request becomes one or more rows (engine Requests: one per prompt and choice). Rows wait in a FIFO queue.
 The worker drives an engine Batch of max_batch cache rows: before each step it moves waiting rows into the free
 ones, so a request that arrives while others decode joins them at the next step (its prompt is prefilled in that
-step) instead of waiting for them to finish. A row that finishes or is cancelled frees its place at once, and its
-cache row at the next step. When no row runs and none waits, the worker closes the Batch (the cache goes back to
-the engine) and sleeps until the next request; the next Batch reads the engine's weights afresh.
+step) instead of waiting for them to finish. A row that finishes frees its place and its cache row at once; a
+cancelled one frees its place at once and its cache row at the next step. When no row runs and none waits, the
+worker closes the Batch (the cache goes back to the engine) and sleeps until the next request; the next Batch reads
+the engine's weights afresh.
 
 Admission is decided at once: a submit that would take the rows in the system (waiting or decoding) past
 max_batch + max_queue raises QueueFull, which the server answers with 503 rather than letting the client hang.
