@@ -36,13 +36,14 @@ CONFIGS = {  # name: (n_layer, n_head, n_embd, batch_size, block_size)
 }
 
 
-def gptcore_step(config, device, dtype):
+def gptcore_step(config, device, dtype, compile=False):
     model = GPT(config).to(device)
     optimizer = configure_optimizer(model, 0.1, 6e-4, device_type=torch.device(device).type)
+    run = torch.compile(model) if compile else model
 
     def step(x, y):
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-            _, loss = model(x, y)
+            _, loss = run(x, y)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -153,6 +154,9 @@ def main():
     parser.add_argument("--nanogpt", metavar="PATH", help="nanoGPT: a checkout, its model.py, or a bare git repository; "
                                                            "without it nanoGPT's rows are left out")
     parser.add_argument("--no-hf", action="store_true", help="leave out transformers (the slowest side)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also gptcore with torch.compile (as the gpt2-* presets train), its compile time and "
+                             "after how many steps it pays back")
     parser.add_argument("--profile", action="store_true", help="also profile gptcore's step on the first config")
     parser.add_argument("--profile-steps", type=positive_int, default=2)
     parser.add_argument("--top", type=positive_int, default=15, help="ops shown in the profile")
@@ -176,6 +180,8 @@ def main():
         torch.manual_seed(0)
         ours, our_step = gptcore_step(config, device, dtype)
         sides = {f"gptcore, train.py default ({dtype})": (our_step, dtype)}
+        if args.compile:
+            sides[f"gptcore, --compile ({dtype})"] = (gptcore_step(config, device, dtype, compile=True)[1], dtype)
         if not args.no_hf:
             sides["transformers (float32)"] = (hf_step(config, device)[1], "float32")
         if nanogpt:
@@ -186,12 +192,21 @@ def main():
         y = torch.roll(x, -1, dims=1)
         flops_per_token = ours.flops_per_token(T)
         flops[name] = flops_per_token
-        times = {side: [] for side in sides}
+        times, first = {side: [] for side in sides}, {}
         for i in range(args.steps + 1):  # interleaved, so drifts in machine load hit every side alike
             for side, (step, _) in sides.items():
                 t = timed(step, x, y, device)
-                if i:  # the first step of each is warm-up
+                if i:
                     times[side].append(t)
+                else:  # the first step of each is warm-up (and compilation)
+                    first[side] = t
+        if args.compile:
+            eager, compiled = list(sides)[:2]
+            saved = statistics.median(times[eager]) - statistics.median(times[compiled])
+            notes.append(f"{label}: compiling took {first[compiled] - statistics.median(times[compiled]):.0f} s "
+                         "(its first step over a later one); " + (
+                             f"it pays back after {(first[compiled] - statistics.median(times[compiled])) / saved:,.0f} "
+                             "steps" if saved > 0 else "it never pays back: compiled steps are no faster"))
         # ratios per round, then their median: a busy moment slows one round of every side, not one side
         base = next(iter(sides))
         peers = [s for s in sides if s != base]
@@ -201,7 +216,8 @@ def main():
             rows.append((label, side, tok_s, flops_per_token * tok_s / peaks[side_dtype], vs))
         print(f"{label}: " + ", ".join(f"{r[1]} {r[2]:,.0f} tok/s" for r in rows[-len(sides):]), flush=True)
         if args.profile and profile is None:
-            notes, profile = profile_table(our_step, x, y, args.profile_steps, args.top)
+            profile_notes, profile = profile_table(our_step, x, y, args.profile_steps, args.top)
+            notes += profile_notes
         del ours, our_step, sides, x, y  # the closures hold models and optimizers: free them all
         gc.collect()
 
