@@ -191,8 +191,8 @@ class LossPlot:
 
 class Checkpoints:
     """Every `interval` steps, at the last, and when stopped by a signal: the trainer's state_dict() plus `extra()`
-    (what else sampling needs; the trainer's model weights win) in ckpt_NNNNNNN.pt, written atomically by the main process; the newest `keep` stay.
-    Then fires on_checkpoint."""
+    (what else sampling needs; the trainer's weights win) in ckpt_NNNNNNN.pt, written atomically by the main process;
+    the newest `keep` stay. Then fires on_checkpoint."""
 
     FIRES = ("on_checkpoint",)
 
