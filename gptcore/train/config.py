@@ -28,7 +28,7 @@ class TrainerConfig:
     min_lr: float | None = None  # None keeps learning_rate after warmup; a value decays to it by cosine at max_iters
     dtype: str | None = None  # float32 or bfloat16 (autocast); None picks bfloat16 where it is faster
     compile: bool = False  # torch.compile the model (under fsdp: each block)
-    # under torchrun: shard weights, gradients and AdamW state across the processes (FSDP2) instead of copying them (DDP)
+    # under torchrun: shard weights, gradients and AdamW state across the processes (FSDP2) instead of copying (DDP)
     fsdp: bool = False
     activation_checkpointing: bool = False  # keep only each block's input; recompute the rest in backward (less memory)
     seed: int = 1337  # the order a map-style dataset is shuffled in

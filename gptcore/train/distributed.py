@@ -66,7 +66,8 @@ class Distributed:
         """(model, optimizer) state dicts of an FSDP model gathered whole onto rank 0's CPU, the other ranks getting
         empty ones; a collective, so every process calls it. The model's is an ordinary state dict (same keys and
         shapes as without FSDP); the optimizer's keys its state by parameter name instead of number."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         model_state = get_model_state_dict(model, options=options)
         return model_state, None if optimizer is None else get_optimizer_state_dict(model, optimizer, options=options)
@@ -74,7 +75,8 @@ class Distributed:
     @staticmethod
     def load_full_state_dicts(model, optimizer, model_state: dict, optimizer_state: dict):
         """The inverse of full_state_dicts: every process passes the whole state dicts and keeps its shard."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                             set_optimizer_state_dict)
         options = StateDictOptions(full_state_dict=True)
         set_model_state_dict(model, model_state, options=options)
         set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
