@@ -203,16 +203,18 @@ def main():
         if args.compile:
             eager, compiled = list(sides)[:2]
             saved = statistics.median(times[eager]) - statistics.median(times[compiled])
-            notes.append(f"{label}: compiling took {first[compiled] - statistics.median(times[compiled]):.0f} s "
-                         "(its first step over a later one); " + (
+            speedup = statistics.median(a / b for a, b in zip(times[eager], times[compiled]))
+            notes.append(f"{label}: compiled steps {speedup:.2f}x eager ones; compiling took "
+                         f"{first[compiled] - statistics.median(times[compiled]):.0f} s (its first step over a later "
+                         "one; Inductor's on-disk cache shortens later runs' compiles); " + (
                              f"it pays back after {(first[compiled] - statistics.median(times[compiled])) / saved:,.0f} "
                              "steps" if saved > 0 else "it never pays back: compiled steps are no faster"))
         # ratios per round, then their median: a busy moment slows one round of every side, not one side
-        base = next(iter(sides))
-        peers = [s for s in sides if s != base]
+        peers = [s for s in sides if not s.startswith("gptcore")]
         for side, (_, side_dtype) in sides.items():
             tok_s = B * T / statistics.median(times[side])
-            vs = {p: statistics.median(a / b for a, b in zip(times[p], times[side])) for p in peers} if side == base else {}
+            vs = {p: statistics.median(a / b for a, b in zip(times[p], times[side])) for p in peers} \
+                if side.startswith("gptcore") else {}
             rows.append((label, side, tok_s, flops_per_token * tok_s / peaks[side_dtype], vs))
         print(f"{label}: " + ", ".join(f"{r[1]} {r[2]:,.0f} tok/s" for r in rows[-len(sides):]), flush=True)
         if args.profile and profile is None:
@@ -221,13 +223,13 @@ def main():
         del ours, our_step, sides, x, y  # the closures hold models and optimizers: free them all
         gc.collect()
 
-    peer_names = list(rows[0][4])
-    lines = ["| config | implementation | tok/s (median) | % of its dtype's matmul ceiling | "
-             + " | ".join(f"gptcore vs {p}" for p in peer_names) + " |",
+    peer_names = next((list(r[4]) for r in rows if r[4]), [])
+    lines = ["| config | implementation | tok/s (median) | % of its dtype's matmul ceiling |"
+             + "".join(f" gptcore vs {p} |" for p in peer_names),
              "|---|---|---|---|" + "---|" * len(peer_names)]
     for label, side, tok_s, mfu, vs in rows:
-        cells = [f"{vs[p]:.2f}x" if p in vs else "" for p in peer_names]
-        lines.append(f"| {label} | {side} | {tok_s:,.1f} | {100 * mfu:.1f}% | " + " | ".join(cells) + " |")
+        cells = "".join(f" {vs[p]:.2f}x |" if p in vs else " |" for p in peer_names)
+        lines.append(f"| {label} | {side} | {tok_s:,.1f} | {100 * mfu:.1f}% |" + cells)
     table = "\n".join(lines)
     if profile:
         table += "\n\nwhere gptcore's step goes (" + configs[0] + "):\n\n" + profile
@@ -235,7 +237,7 @@ def main():
     report("bench_train.py: training throughput, gptcore vs transformers and nanoGPT's model",
            [cpu_flags(), f"device {device}, torch threads {torch.get_num_threads()}; gptcore's dtype {dtype} ({why})",
             f"one step = forward + backward + AdamW; {args.steps} timed steps per side in interleaved rounds; "
-            f"'gptcore vs X' is the median over rounds of X's step time over gptcore's",
+            f"'gptcore vs X' is the median over rounds of X's step time over gptcore's (a gptcore row's speedup over X)",
             f"matmul ceiling (2048^3) measured here: {peak_text}; training FLOPs per token: "
             + ", ".join(f"{name} {f / 1e6:,.0f}M" for name, f in flops.items()),
             f"load average (1 min) {load_before:.2f} before, {os.getloadavg()[0]:.2f} after (other processes share "
