@@ -110,16 +110,18 @@ def _recovery_hint(file: str) -> str:
     return "it cannot be used: re-export it, or retrain"
 
 
-def model_checkpoint(model: GPT, tokenizer, step: int) -> dict:
-    """The part of a checkpoint that sampling needs."""
+def model_checkpoint(model: GPT, tokenizer, step: int, state: dict | None = None) -> dict:
+    """The part of a checkpoint that sampling needs. state: the model's state dict when the caller has it already
+    (gathered from FSDP's shards), else model.state_dict()."""
     raw = getattr(model, "_orig_mod", model)
-    return {"model": clean_state_dict(raw.state_dict()), "model_config": asdict(raw.config),
+    return {"model": clean_state_dict(raw.state_dict() if state is None else state), "model_config": asdict(raw.config),
             "tokenizer": tokenizer.describe(), "step": step}
 
 
-def export_model(model: GPT, tokenizer, step: int, path: str, dtype=torch.bfloat16):
-    """Writes a weights-only checkpoint for sampling and sharing: no optimizer or data state, floats in `dtype`."""
-    ckpt = model_checkpoint(model, tokenizer, step)
+def export_model(model: GPT, tokenizer, step: int, path: str, dtype=torch.bfloat16, state: dict | None = None):
+    """Writes a weights-only checkpoint for sampling and sharing: no optimizer or data state, floats in `dtype`.
+    state: as in model_checkpoint."""
+    ckpt = model_checkpoint(model, tokenizer, step, state)
     cast = {}  # by storage, so the tied wte / lm_head weight stays one tensor in the file (and is cast once)
     for v in ckpt["model"].values():
         if v.data_ptr() not in cast:

@@ -191,8 +191,8 @@ class LossPlot:
 
 class Checkpoints:
     """Every `interval` steps, at the last, and when stopped by a signal: the trainer's state_dict() plus `extra()`
-    (what sampling needs) in ckpt_NNNNNNN.pt, written atomically by the main process; the newest `keep` stay.
-    Then fires on_checkpoint."""
+    (what else sampling needs; the trainer's weights win) in ckpt_NNNNNNN.pt, written atomically by the main process;
+    the newest `keep` stay. Then fires on_checkpoint."""
 
     FIRES = ("on_checkpoint",)
 
@@ -203,8 +203,9 @@ class Checkpoints:
         step = trainer.iter_num
         if not (trainer.stop_requested or step % self.interval == 0 or step == trainer.config.max_iters):
             return
+        state = trainer.state_dict()  # on every process: under FSDP it gathers the shards
         if trainer.is_main:
-            save_checkpoint(checkpoint_path(self.out_dir, step), {**trainer.state_dict(), **self.extra(trainer)})
+            save_checkpoint(checkpoint_path(self.out_dir, step), {**self.extra(trainer), **state})
             prune_checkpoints(self.out_dir, self.keep)
         trainer.trigger_callbacks("on_checkpoint")
         if trainer.stop_requested and trainer.is_main:

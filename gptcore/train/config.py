@@ -27,7 +27,10 @@ class TrainerConfig:
     warmup_iters: int = 0  # linear warmup from learning_rate / warmup_iters
     min_lr: float | None = None  # None keeps learning_rate after warmup; a value decays to it by cosine at max_iters
     dtype: str | None = None  # float32 or bfloat16 (autocast); None picks bfloat16 where it is faster
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the model (under fsdp: each block)
+    # under torchrun: shard weights, gradients and AdamW state across the processes (FSDP2) instead of copying (DDP)
+    fsdp: bool = False
+    activation_checkpointing: bool = False  # keep only each block's input; recompute the rest in backward (less memory)
     seed: int = 1337  # the order a map-style dataset is shuffled in
 
     def validate(self) -> "TrainerConfig":
@@ -59,8 +62,9 @@ class TrainerConfig:
         if self.dtype not in DTYPES:
             raise GPTCoreError(f"dtype={self.dtype!r} is not allowed: it must be one of "
                                f"{', '.join(d for d in DTYPES if d)} (or unset: bfloat16 where it is faster)")
-        if not isinstance(self.compile, bool):
-            raise GPTCoreError(f"compile={self.compile!r} is not allowed: it must be True or False")
+        for name in ("compile", "fsdp", "activation_checkpointing"):
+            if not isinstance(getattr(self, name), bool):
+                raise GPTCoreError(f"{name}={getattr(self, name)!r} is not allowed: it must be True or False")
         check_range("seed", self.seed, kind=int, low=0, high=2**63, high_open=True)
         return self
 

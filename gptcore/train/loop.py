@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader, IterableDataset, Sampler
 
 from ..device import default_device, training_dtype
@@ -45,8 +46,27 @@ def configure_optimizer(model: torch.nn.Module, weight_decay: float, learning_ra
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
+    # one kernel over all parameters; on a 2-core AMX Xeon at 124M it measured ~3x faster than foreach and than the
+    # per-parameter loop, and ~1.4x faster than torch.compile of the foreach step
     fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device_type in ("cuda", "cpu")
     return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=1e-8, fused=fused)
+
+
+def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The members of the model's nn.ModuleLists (GPT's transformer blocks): the units FSDP shards and activation
+    checkpointing recomputes."""
+    return [block for module in model.modules() if isinstance(module, torch.nn.ModuleList) for block in module]
+
+
+def recompute_in_backward(block: torch.nn.Module):
+    """Activation checkpointing, in place: the block's forward keeps only its inputs for backward, which runs the
+    forward again (with the same dropout masks) to get the rest. The parameters keep their names, so checkpoints
+    don't change. Under FSDP the recomputation happens inside the block's backward, after its weights are gathered."""
+    forward = block.forward
+
+    def checkpointed(*args, **kwargs):
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    block.forward = checkpointed
 
 
 class ResumableSampler(Sampler):
@@ -144,10 +164,28 @@ class Trainer:
         self.grad_accum_steps = c.grad_accum_steps or 1
 
         self.raw_model = model.to(self.device)
+        blocks = repeated_blocks(model)
+        if (c.fsdp or c.activation_checkpointing) and not blocks:
+            raise GPTCoreError("fsdp and activation_checkpointing work block by block, but this model has no "
+                               "nn.ModuleList of blocks: turn them off")
+        if c.activation_checkpointing:
+            for block in blocks:
+                recompute_in_backward(block)
+        if c.fsdp:
+            if self.world_size < 2:
+                raise GPTCoreError("fsdp shards the model across processes, but this is one: start it under "
+                                   "torchrun --standalone --nproc_per_node=N with N >= 2, or drop --fsdp")
+            if c.compile:  # each block alone (in place: the weights keep their names); FSDP's gathers sit between
+                for block in blocks:
+                    block.compile()
+            dist.shard(model, blocks)
+            self.model = model
+        else:
+            self.model = torch.compile(model) if c.compile else model
+            if self.world_size > 1:
+                self.model = dist.wrap(self.model, self.device_type)
+        # after sharding, which replaces the parameters with their shards
         self.optimizer = configure_optimizer(model, c.weight_decay, c.learning_rate, c.betas, self.device_type)
-        self.model = torch.compile(model) if c.compile else model
-        if self.world_size > 1:
-            self.model = dist.wrap(self.model, self.device_type)
 
         self.train_dataset = train_dataset
         self.sampler = None
@@ -244,6 +282,8 @@ class Trainer:
         self.loss = self.forward_backward()
         clip = c.grad_norm_clip if c.grad_norm_clip > 0 else float("inf")
         self.grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip)
+        if self.config.fsdp:  # the norm of sharded gradients is itself sharded
+            self.grad_norm = self.dist.full_tensor(self.grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -287,17 +327,38 @@ class Trainer:
     # ---- exact resume ----
 
     def state_dict(self) -> dict:
-        """Everything resuming needs: model, optimizer, steps done, the data position and every RNG."""
+        """Everything resuming needs: model, optimizer, steps done, the data position and every RNG.
+
+        Under FSDP every process must call it (it gathers the shards) and only rank 0's holds the model and
+        optimizer, whole: its model state dict is the same as without FSDP, its optimizer's is keyed by parameter
+        name, so it resumes under FSDP with any number of processes."""
         if self.sampler is not None:
             data = self.sampler.state_dict()
         else:
             data = self.train_dataset.state_dict() if hasattr(self.train_dataset, "state_dict") else None
-        return {"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "iter_num": self.iter_num, "data": data, "rng": capture_rng()}
+        if self.config.fsdp:
+            model, optimizer = self.dist.full_state_dicts(self.raw_model, self.optimizer)
+        else:
+            model, optimizer = self.raw_model.state_dict(), self.optimizer.state_dict()
+        return {"model": model, "optimizer": optimizer, "iter_num": self.iter_num, "data": data, "rng": capture_rng()}
+
+    def model_state_dict(self) -> dict:
+        """The model's weights, whole: under FSDP on rank 0 only (every process must call it)."""
+        if self.config.fsdp:
+            return self.dist.full_state_dicts(self.raw_model)[0]
+        return self.raw_model.state_dict()
 
     def load_state_dict(self, state: dict):
-        self.raw_model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        saved = [p for group in state["optimizer"]["param_groups"] for p in group["params"]]
+        by_name = bool(saved) and isinstance(saved[0], str)  # FSDP's optimizer state names its parameters
+        if by_name != self.config.fsdp:
+            raise GPTCoreError(f"this checkpoint was saved {'with' if by_name else 'without'} fsdp: resume it "
+                               f"{'with' if by_name else 'without'} --fsdp")
+        if self.config.fsdp:
+            self.dist.load_full_state_dicts(self.raw_model, self.optimizer, state["model"], state["optimizer"])
+        else:
+            self.raw_model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         if self.sampler is not None:
             self.sampler.load_state_dict(state["data"])
         elif state["data"] is not None:

@@ -74,12 +74,16 @@ def lm_callbacks(config: TrainConfig, trainer: Trainer, tokenizer, val_loader, t
     else:
         source = None
     metrics = os.path.join(c.out_dir, "metrics.jsonl")
+    # sampling (rank 0 alone) and HellaSwag (the model's parts called outside its forward) need whole weights, which
+    # FSDP gathers only inside forward: under FSDP they are off (opening() says so), and sample.py and eval.py read the
+    # checkpoints instead
+    sample, hellaswag = (0, 0) if c.trainer.fsdp else (c.sample_tokens, c.hellaswag_interval)
     everyone = [Throughput(tokens_per_step, model.flops_per_token(model.config.block_size), peak, trainer.world_size,
                            source),
                 Evaluate(val_loader, c.eval_interval, c.eval_steps),
-                *([HellaSwagCallback(tokenizer, c.hellaswag_interval, c.hellaswag_limit)] if c.hellaswag_interval else [])]
+                *([HellaSwagCallback(tokenizer, c.hellaswag_interval, c.hellaswag_limit)] if hellaswag else [])]
     main_only = [MetricsFile(metrics), ProgressLine(), LongRunNotice(trainer.device),
-                 *([SampleText(tokenizer, c.sample_tokens, c.trainer.seed)] if c.sample_tokens else []),
+                 *([SampleText(tokenizer, c.sample_tokens, c.trainer.seed)] if sample else []),
                  LossPlot(metrics, os.path.join(c.out_dir, "loss.png")), *tracker_callbacks]
     checkpoints = Checkpoints(c.out_dir, c.save_interval, c.keep_checkpoints,
                               lambda t: {**model_checkpoint(t.raw_model, tokenizer, t.iter_num),
@@ -156,7 +160,10 @@ def opening(config: TrainConfig, trainer: Trainer, meta: dict, ckpt_file: str | 
         f"context {m.block_size}",
         f"data {config.data}: {tokens[0]:,} train and {tokens[1]:,} val tokens "
         f"({meta['tokenizer']['type']} tokenizer, vocab {meta['vocab_size']:,})",
-        f"out dir {config.out_dir}: {start}"])
+        f"out dir {config.out_dir}: {start}",
+        *([f"FSDP over {trainer.world_size} processes: no sample or HellaSwag during training (sample.py and eval.py "
+           "read the checkpoints)"]
+          if trainer.config.fsdp else [])])
 
 
 def closing(config: TrainConfig, trainer: Trainer, minutes: float) -> str:
@@ -178,9 +185,11 @@ def train(config: TrainConfig, export: str | None = None):
                       f"--max-iters is {max_iters}; raise --max-iters to train it further, or pick a new --out-dir")
             return
         trainer.run()
-        if export and trainer.is_main and trainer.iter_num == max_iters:
-            export_model(trainer.raw_model, tokenizer, trainer.iter_num, export)
-            print(f"exported the model to {export}")
+        if export and trainer.iter_num == max_iters:
+            state = trainer.model_state_dict()  # on every process: under FSDP it gathers the shards
+            if trainer.is_main:
+                export_model(trainer.raw_model, tokenizer, trainer.iter_num, export, state=state)
+                print(f"exported the model to {export}")
         if trainer.is_main:
             print(closing(config, trainer, (time.perf_counter() - start) / 60))
     finally:
