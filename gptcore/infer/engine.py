@@ -168,12 +168,7 @@ class Generator:
         row's last pending id."""
         T = max(len(ids) for ids in inputs)
         idx = torch.tensor([ids + [0] * (T - len(ids)) for ids in inputs], device=self.device)
-        offsets = torch.tensor([r.cached for r in rows], device=self.device)
-        # padding sits past each row's own tokens; its positions are clamped into the cache and masked
-        positions = (offsets[:, None] + torch.arange(T, device=self.device)).clamp_(max=cache.max_len - 1)
-        last = torch.tensor([len(ids) - 1 for ids in inputs], device=self.device)
-        length = max(r.cached + len(ids) for r, ids in zip(rows, inputs))
-        cache.bind([r.row for r in rows], positions, last, length)
+        cache.bind([r.row for r in rows], [r.cached for r in rows], [len(ids) for ids in inputs])
         # the engine's dtype, not a caller's autocast, decides the precision
         with torch.autocast(self.device.type, enabled=False):
             if not model.training:
