@@ -134,33 +134,64 @@ INT8_KERNELS = ("dynamic", "weight_only", "converted")
 FEW_ROWS = 32  # up to this many rows of x, a product is a decode step's: bound by reading the weight
 
 
+def _decode_shapes(blocks: int) -> list[tuple[int, int]]:
+    """(out, in) of the products of `blocks` GPT-2 124M blocks. Kernels are timed on all 12 of a real model: whether
+    the weights fit in the CPU's last-level cache (300 MB on the project's Xeon: GPT-2 124M in bf16 or int8 does,
+    in fp32 it doesn't) decides as much as the kernel does."""
+    return [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * blocks
+
+
+@functools.cache
+def packed_bf16_decodes_faster() -> bool:
+    """Whether a decode step's products (batch 1) run clearly faster with bf16 weights packed for oneDNN than with
+    fp32 weights through F.linear, timed once in alternation (device.fastest, about 1 s on a quiet machine).
+
+    bf16 halves the bytes to read, but a kernel must stream them well to gain: on an Intel Xeon with AMX (2 cores),
+    oneDNN's bf16 matrix-vector product ran no faster than MKL's fp32 one, while bf16 matrix products ran ~2.6x
+    faster (device.cpu_bf16_is_faster).
+    """
+    if not packed_linear_works(torch.bfloat16):
+        return False
+    gen = torch.Generator().manual_seed(0)
+    fp32, packed = [], []
+    for out_features, in_features in _decode_shapes(12):
+        w, x = torch.randn(out_features, in_features, generator=gen) * 0.02, torch.randn(1, in_features, generator=gen)
+        linear = nn.Linear(in_features, out_features, bias=False, device="meta")  # meta: no draw from the global RNG
+        linear.weight = nn.Parameter(w.bfloat16(), requires_grad=False)
+        fp32.append((x, w))
+        packed.append((x.bfloat16(), PackedLinear(linear)))
+    with torch.inference_mode():
+        return fastest({"fp32": (lambda: [F.linear(x, w) for x, w in fp32],),
+                        "bf16": (lambda: [m(x) for x, m in packed],)}, margin=0.8, rounds=3) == "bf16"
+
+
 @functools.cache
 def int8_decode_kernel(device_type: str, dtype: torch.dtype) -> str:
     """The int8 kernel for a decode step's few rows on device_type with activations of dtype: the fastest of those
-    that work here, timed once in alternation on one block's products at batch 1 (device.fastest, about 0.5 s).
+    that work here, timed once in alternation at batch 1 (device.fastest, about 1 s on a quiet machine); "converted" only where
+    neither private kernel works (it converts the whole weight for one row).
 
     Measured because flags don't tell: on an Intel Xeon with AMX and AVX512-BF16 (2 cores), dynamic streams
     int8 weights ~1.9x faster than weight_only with bf16 activations, and weight_only with fp32 activations is
     ~3.5x slower than fp32 F.linear; elsewhere weight_only was measured 5x slower than fp32.
     """
     works = {"dynamic": device_type == "cpu" and dtype in (torch.float32, torch.bfloat16) and dynamic_int8_works(),
-             "weight_only": int8_mm_works(device_type, dtype), "converted": True}
-    works = [k for k in INT8_KERNELS if works[k]]
+             "weight_only": int8_mm_works(device_type, dtype)}
+    works = [k for k in works if works[k]] or ["converted"]
     if device_type != "cpu" or len(works) == 1:
         return works[0]
     gen = torch.Generator().manual_seed(0)
     layers = []
-    for out_features, in_features in [(2304, 768), (768, 768), (3072, 768), (768, 3072)]:  # one GPT-2 124M block
+    for out_features, in_features in _decode_shapes(12):
         w = torch.randint(-127, 128, (out_features, in_features), dtype=torch.int8, generator=gen)
         scales = torch.rand(out_features, generator=gen).to(dtype) / 1000
-        packed = pack_int8(w, scales) if "dynamic" in works else None
-        layers.append((torch.randn(1, in_features, generator=gen).to(dtype), w, scales, packed))
+        layers.append((torch.randn(1, in_features, generator=gen).to(dtype), w, scales, pack_int8(w, scales)))
 
     def products(kernel):
         return [int8_linear(x, w, scales, packed=packed, kernel=kernel) for x, w, scales, packed in layers]
 
     with torch.inference_mode():
-        return fastest({k: (products, k) for k in works}, margin=0.9)
+        return fastest({k: (products, k) for k in works}, margin=0.9, rounds=3)
 
 
 def int8_linear(x, weight, scales, bias=None, packed=None, kernel: str | None = None):
