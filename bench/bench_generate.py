@@ -5,8 +5,9 @@ save_pretrained export. Greedy; prompt of 16 tokens and 128 new ones at batch 1 
 time to first token for a 512-token prompt. Each round runs every method once, in turn, so a busy machine slows
 them alike; a method's speed-up is the median over rounds of its per-round ratio to transformers (each round's
 runs are seconds apart, so they share the machine's state), far steadier than a ratio of medians.
-The last line gives each weight format's bound: bytes read per decode step over the bandwidth of a plain sum,
-measured here in the same process.
+Two lines give bounds on batch-1 decoding, measured here in the same process: bytes read per step over the
+bandwidth of a plain sum, and the step's 49 matrix products alone with gptcore's own layers and kernels. A last
+line checks issue 13's goals.
 
     python bench/bench_generate.py [--rounds 3] [--threads 2] [--no-save]
 
@@ -185,6 +186,21 @@ def main():
         cells += [f"{statistics.median(seconds[m, 'ttft']) * 1e3:.0f}", f"{ratio(m, 'ttft'):.2f}x"]
         rows.append(f"| {m} | " + " | ".join(cells) + " |")
     same = lambda a, b: "yes" if tokens[a] == tokens[b] else "NO"  # noqa: E731
+    # issue 13's goals, each the median over rounds of a per-round ratio (> 1: gptcore faster)
+    def vs(ours, peer, what):
+        return statistics.median(p / o for p, o in zip(seconds[peer, what], seconds[ours, what]))
+
+    default_name, int8_name, generate_name = list(methods)[1:4]
+    goals = [(f"int8 vs CTranslate2 int8, batch {b}", vs(int8_name, "CTranslate2 int8", b), 1.0) for b in BATCHES]
+    goals += [("default vs CTranslate2 float32, batch 1", vs(default_name, "CTranslate2 float32", 1), 1.0),
+              ("time to first token, default vs CTranslate2 float32",
+               vs(default_name, "CTranslate2 float32", "ttft"), 1.0),
+              ("time to first token, int8 vs CTranslate2 int8", vs(int8_name, "CTranslate2 int8", "ttft"), 1.0),
+              # the same engine and path: "as fast" means within the noise of a shared machine
+              ("model.generate vs Generator default, batch 1 (goal >= 0.95x)",
+               vs(generate_name, default_name, 1), 0.95)]
+    goal_line = "goals (>= 1.00x unless stated): " + "; ".join(
+        f"{g} {r:.2f}x {'met' if r >= need else 'NOT met'}" for g, r, need in goals)
     fp32_name = "gptcore Generator, float32"
     n = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()  # read per decode step
     bound = ", ".join(f"{fmt} {bandwidth / (n * size):.0f}" for fmt, size in (("fp32", 4), ("bf16", 2), ("int8", 1)))
@@ -202,6 +218,7 @@ def main():
         f"kernels (the rest of the step costing nothing): default {kernels_alone[default]:.0f}, int8 "
         f"{kernels_alone[int8]:.0f} (kernel: {cpu_kernels.int8_decode_kernel('cpu', int8.dtype)}); CTranslate2 int8's "
         f"whole steps ran {NEW_TOKENS / statistics.median(seconds['CTranslate2 int8', 1]):.0f}",
+        goal_line,
     ]
     header = ("| method | batch 1 tok/s | vs transformers | batch 8 tok/s (aggregate) | vs transformers "
               f"| time to first token, {LONG_PROMPT}-token prompt, ms | vs transformers |")
