@@ -5,8 +5,9 @@ save_pretrained export. Greedy; prompt of 16 tokens and 128 new ones at batch 1 
 time to first token for a 512-token prompt. Each round runs every method once, in turn, so a busy machine slows
 them alike; a method's speed-up is the median over rounds of its per-round ratio to transformers (each round's
 runs are seconds apart, so they share the machine's state), far steadier than a ratio of medians.
-The last line gives each weight format's bound: bytes read per decode step over the bandwidth of a plain sum,
-measured here in the same process.
+Two lines give bounds on batch-1 decoding, measured here in the same process: bytes read per step over the
+bandwidth of a plain sum, and the step's 49 matrix products alone with gptcore's own layers and kernels. A last
+line checks issue 13's goals.
 
     python bench/bench_generate.py [--rounds 3] [--threads 2] [--no-save]
 
@@ -14,6 +15,7 @@ Needs the bench requirements (bench/requirements.txt: ctranslate2, transformers)
 """
 
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -25,7 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from bench.common import report  # noqa: E402
-from gptcore.infer import Generator, Request  # noqa: E402
+from gptcore.infer import Generator, Request, cpu_kernels  # noqa: E402
+from gptcore.infer.quantize import quantize_int8  # noqa: E402
 from gptcore.model import GPT, GPTConfig  # noqa: E402
 
 PROMPT_TOKENS, NEW_TOKENS, LONG_PROMPT = 16, 128, 512
@@ -93,6 +96,26 @@ def stream_bandwidth(seconds: float = 0.5) -> float:
     return count * x.numel() * 4 / (time.perf_counter() - start)
 
 
+def products_bound(model, engine, rounds: int = 5) -> float:
+    """tok/s of a batch-1 decode step that did nothing but its matrix products: the model's 49 linear layers (the
+    tied head included) in the engine's weight format and kernels, timed alone; the median of rounds."""
+    layers = copy.deepcopy(model).to(engine.dtype).eval()
+    if engine.quantize == "int8":
+        quantize_int8(layers)
+    elif engine.dtype == torch.bfloat16 and cpu_kernels.packed_linear_works(torch.bfloat16):
+        cpu_kernels.pack_linears(layers)
+    linears = [m for m in layers.modules() if hasattr(m, "in_features")]
+    xs = [torch.randn(1, m.in_features).to(engine.dtype) for m in linears]
+    times = []
+    with torch.inference_mode():
+        for _ in range(rounds + 1):  # the first: warm-up (FBGEMM packs on first use)
+            start = time.perf_counter()
+            for m, x in zip(linears, xs):
+                m(x)
+            times.append(time.perf_counter() - start)
+    return 1 / statistics.median(times[1:])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every method (default: 3)")
@@ -151,6 +174,7 @@ def main():
                   file=sys.stderr)
     load_after = os.getloadavg()[0]
     bandwidth = stream_bandwidth()
+    kernels_alone = {e: products_bound(model, e) for e in (default, int8)}
 
     hf_name = next(iter(methods))
     ratio = lambda m, what: statistics.median(h / o for h, o in zip(seconds[hf_name, what], seconds[m, what]))  # noqa: E731
@@ -162,6 +186,21 @@ def main():
         cells += [f"{statistics.median(seconds[m, 'ttft']) * 1e3:.0f}", f"{ratio(m, 'ttft'):.2f}x"]
         rows.append(f"| {m} | " + " | ".join(cells) + " |")
     same = lambda a, b: "yes" if tokens[a] == tokens[b] else "NO"  # noqa: E731
+    # issue 13's goals, each the median over rounds of a per-round ratio (> 1: gptcore faster)
+    def vs(ours, peer, what):
+        return statistics.median(p / o for p, o in zip(seconds[peer, what], seconds[ours, what]))
+
+    default_name, int8_name, generate_name = list(methods)[1:4]
+    goals = [(f"int8 vs CTranslate2 int8, batch {b}", vs(int8_name, "CTranslate2 int8", b), 1.0) for b in BATCHES]
+    goals += [("default vs CTranslate2 float32, batch 1", vs(default_name, "CTranslate2 float32", 1), 1.0),
+              ("time to first token, default vs CTranslate2 float32",
+               vs(default_name, "CTranslate2 float32", "ttft"), 1.0),
+              ("time to first token, int8 vs CTranslate2 int8", vs(int8_name, "CTranslate2 int8", "ttft"), 1.0),
+              # the same engine and path: "as fast" means within the noise of a shared machine
+              ("model.generate vs Generator default, batch 1 (goal >= 0.95x)",
+               vs(generate_name, default_name, 1), 0.95)]
+    goal_line = "goals (>= 1.00x unless stated): " + "; ".join(
+        f"{g} {r:.2f}x {'met' if r >= need else 'NOT met'}" for g, r, need in goals)
     fp32_name = "gptcore Generator, float32"
     n = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()  # read per decode step
     bound = ", ".join(f"{fmt} {bandwidth / (n * size):.0f}" for fmt, size in (("fp32", 4), ("bf16", 2), ("int8", 1)))
@@ -175,6 +214,11 @@ def main():
         f"= CTranslate2 float32: {same(fp32_name, 'CTranslate2 float32')}",
         f"bound, batch-1 decode tok/s if every step only streamed the weights ({n / 1e6:.0f}M read per step) at the "
         f"bandwidth of a plain sum here ({bandwidth / 1e9:.1f} GB/s): {bound}",
+        f"bound, batch-1 decode tok/s if every step only ran its 49 matrix products with gptcore's own layers and "
+        f"kernels (the rest of the step costing nothing): default {kernels_alone[default]:.0f}, int8 "
+        f"{kernels_alone[int8]:.0f} (kernel: {cpu_kernels.int8_decode_kernel('cpu', int8.dtype)}); CTranslate2 int8's "
+        f"whole steps ran {NEW_TOKENS / statistics.median(seconds['CTranslate2 int8', 1]):.0f}",
+        goal_line,
     ]
     header = ("| method | batch 1 tok/s | vs transformers | batch 8 tok/s (aggregate) | vs transformers "
               f"| time to first token, {LONG_PROMPT}-token prompt, ms | vs transformers |")

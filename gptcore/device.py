@@ -79,11 +79,12 @@ def bf16_helps(device: str) -> bool:
 def generation_dtype(device, bf16_kernel: bool = True) -> torch.dtype:
     """The weight dtype generation defaults to on device, without quantizing: bf16 where bf16 matmuls are measured
     faster than fp32 (bf16_helps: GPUs with bf16, CPUs with AMX) and the caller has a bf16 kernel that streams
-    weights well (bf16_kernel; on CPUs, weights packed once for oneDNN); else fp32.
+    weights faster than its fp32 path (bf16_kernel; on CPUs, measured on a decode step's products by the caller,
+    gptcore/infer/cpu_kernels.py); else fp32.
 
-    Decoding is memory-bound: every weight is read once per token, so half the bytes is up to twice the speed. The
-    choice rests on the compute-bound measurement because its effect is large (~2.6x with AMX) where a decode-step
-    measurement's (~1.4x) drowns in the noise of a shared machine and flips from one process to the next.
+    Decoding is memory-bound: every weight is read once per token, so half the bytes is up to twice the speed, but
+    only with a kernel that streams them well: on a 2-core Xeon with AMX, oneDNN's bf16 matrix-vector product was
+    no faster than MKL's fp32 one, so generation there defaults to fp32, which is also exact.
     """
     return torch.bfloat16 if bf16_kernel and bf16_helps(device) else torch.float32
 

@@ -119,8 +119,8 @@ class CausalSelfAttention(nn.Module):
             # flash attention on GPU; the causal mask is never materialized
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
         else:
-            k, v, mask = cache.update(k, v)  # every key and value of these sequences so far; mask (B, 1, T, L)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            k, v, mask, causal = cache.update(k, v)  # what these queries see of their sequences so far
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -194,14 +194,15 @@ class GPT(nn.Module):
 
         cache: generation only, a KV cache the caller owns (gptcore/infer/cache.py): the tokens sit at
         cache.positions (B, T), attention also sees the keys cached before them, and the logits are those of one
-        column per row, cache.last: (B, 1, vocab_size).
+        column per row, cache.last (None: the last one): (B, 1, vocab_size).
         """
         x = self.hidden_states(idx, cache)
         if cache is None:
             # the head is the tied token embedding; F.linear adds the vocab mask inside the matmul
             logits = F.linear(x, self.transformer.wte.weight, self.vocab_mask.to(x.dtype))  # (B, T, padded_vocab)
         else:  # one column per row; lm_head may be a packed or int8 layer in the engine's inference copy
-            logits = self.lm_head(x[torch.arange(x.size(0), device=x.device), cache.last][:, None])  # (B, 1, V)
+            x = x[:, -1:] if cache.last is None else x[torch.arange(x.size(0), device=x.device), cache.last][:, None]
+            logits = self.lm_head(x)  # (B, 1, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)

@@ -1,19 +1,30 @@
 """Every private PyTorch op gptcore uses, fenced: each runs only where a capability check found it working, and each
-has a plain-PyTorch fallback that gives the same numbers (tests/test_infer_kernels.py runs both paths).
+has a plain-PyTorch fallback that gives the same numbers, or, for int8, numbers within the stated tolerance
+(tests/test_infer_kernels.py and tests/test_int8_quality.py run every path).
 
 - oneDNN's packed linear (torch.ops.mkldnn): a bf16 weight reordered once into oneDNN's blocked layout. Given a
   plain row-major bf16 weight, oneDNN repacks it inside every call, which costs as much as the product itself when
   a decode step multiplies it by one vector. Fallback: F.linear. (fp32 stays on F.linear: MKL streams fp32 weights
   well, and oneDNN's fp32 kernel is not bit-identical to it.)
-- ATen's int8 weight-only matmul (torch._weight_int8pack_mm, the op gpt-fast uses): x @ (int8 W).T * scales without
-  materializing a dequantized W. Fallback: F.linear on W converted to x's dtype, then the scales.
+- Three ways to multiply by an int8 weight (out, in) with per-output-channel scales, INT8_KERNELS:
+  "weight_only": ATen's int8 weight-only matmul (torch._weight_int8pack_mm, the op gpt-fast uses), x @ (int8 W).T
+      * scales without materializing a dequantized W; fast with bf16 activations, slow with fp32 ones.
+  "dynamic": FBGEMM's dynamic int8 linear (torch.ops.quantized), as CTranslate2 does it: the weight is prepacked
+      once, and each call quantizes the activations to 8 bits on the fly (one scale per call) and multiplies in
+      int8 with int32 sums. On the project's Xeon it is the fastest at batch 1, at ~65% of memory speed.
+  "converted": plain PyTorch, F.linear on the weight converted to the compute dtype, then the scales; the fallback,
+      and the fastest for many rows (a prefill), where converting the weight once costs little per row.
+  Which one a decode step uses is measured once per machine (int8_decode_kernel); many rows always convert.
 """
 
 import functools
+import warnings
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+from ..device import cpu_bf16_is_faster, fastest
 
 
 @functools.cache
@@ -72,31 +83,137 @@ def int8_mm_works(device_type: str, dtype: torch.dtype) -> bool:
     if op is None:
         return False
     try:
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(3, 64, generator=gen).to(device=device_type, dtype=dtype)
-        w = torch.randint(-127, 128, (32, 64), dtype=torch.int8, generator=gen).to(device_type)
-        scales = (torch.rand(32, generator=gen) / 64).to(device=device_type, dtype=dtype)
-        want = F.linear(x.double(), w.double()) * scales.double()
-        got = op(x, w, scales).double()
-        return bool(torch.allclose(got, want, rtol=2e-2, atol=2e-2))
+        x, w, scales = _int8_example()
+        x, w, scales = x.to(device=device_type, dtype=dtype), w.to(device_type), scales.to(device_type, dtype)
+        return _close_to_float64(op(x, w, scales), x, w, scales, tol=2e-2)
     except (RuntimeError, NotImplementedError):
         return False
 
 
-FUSED_INT8_MAX_ROWS = 32
+@functools.cache
+def dynamic_int8_works() -> bool:
+    """Whether FBGEMM's dynamic int8 linear runs here (x86 CPUs with AVX2 or better) and is close to float64."""
+    if "fbgemm" not in torch.backends.quantized.supported_engines or not hasattr(torch.ops, "quantized"):
+        return False
+    try:
+        x, w, scales = _int8_example()
+        return _close_to_float64(dynamic_int8_linear(x, pack_int8(w, scales)), x, w, scales, tol=5e-2)
+    except (RuntimeError, NotImplementedError, AttributeError):
+        return False
 
 
-def int8_linear(x, weight, scales, bias=None, fused: bool | None = None):
+def _int8_example():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 64, generator=gen)
+    w = torch.randint(-127, 128, (32, 64), dtype=torch.int8, generator=gen)
+    return x, w, torch.rand(32, generator=gen) / 64
+
+
+def _close_to_float64(got, x, w, scales, tol: float) -> bool:
+    want = F.linear(x.double(), w.double()) * scales.double()
+    return bool(((got.double() - want).abs().max() / want.abs().max()).item() < tol)
+
+
+def pack_int8(weight, scales, bias=None):
+    """int8 weight (out, in), scales (out,) and bias (out,) or None -> FBGEMM's prepacked weight (an opaque object
+    for dynamic_int8_linear; CPU only, not picklable into a state dict)."""
+    with warnings.catch_warnings():  # torch flags its quantized tensor type for removal; dynamic_int8_works checks
+        warnings.simplefilter("ignore")
+        q = torch._make_per_channel_quantized_tensor(weight.cpu(), scales.detach().double().cpu(),
+                                                     torch.zeros(weight.size(0), dtype=torch.long), 0)
+        return torch.ops.quantized.linear_prepack(q, None if bias is None else bias.detach().float().cpu())
+
+
+def dynamic_int8_linear(x, packed):
+    """x (..., in) times a pack_int8 weight -> (..., out) in x's dtype; computed from float32 activations quantized
+    to 8 bits (7 bits of range, reduce_range, so FBGEMM's 16-bit partial sums can't saturate on any x86 CPU)."""
+    return torch.ops.quantized.linear_dynamic(x.float(), packed, reduce_range=True).to(x.dtype)
+
+
+INT8_KERNELS = ("dynamic", "weight_only", "converted")
+FEW_ROWS = 32  # up to this many rows of x, a product is a decode step's: bound by reading the weight
+
+
+def _decode_shapes(blocks: int) -> list[tuple[int, int]]:
+    """(out, in) of the products of `blocks` GPT-2 124M blocks. Kernels are timed on all 12 of a real model: whether
+    the weights fit in the CPU's last-level cache (300 MB on the project's Xeon: GPT-2 124M in bf16 or int8 does,
+    in fp32 it doesn't) decides as much as the kernel does."""
+    return [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * blocks
+
+
+@functools.cache
+def packed_bf16_decodes_faster() -> bool:
+    """Whether a decode step's products (batch 1) run clearly faster with bf16 weights packed for oneDNN than with
+    fp32 weights through F.linear, timed once in alternation (device.fastest, about 1 s on a quiet machine).
+
+    bf16 halves the bytes to read, but a kernel must stream them well to gain: on an Intel Xeon with AMX (2 cores),
+    oneDNN's bf16 matrix-vector product ran no faster than MKL's fp32 one, while bf16 matrix products ran ~2.6x
+    faster (device.cpu_bf16_is_faster).
+    """
+    if not packed_linear_works(torch.bfloat16):
+        return False
+    gen = torch.Generator().manual_seed(0)
+    fp32, packed = [], []
+    for out_features, in_features in _decode_shapes(12):
+        w, x = torch.randn(out_features, in_features, generator=gen) * 0.02, torch.randn(1, in_features, generator=gen)
+        linear = nn.Linear(in_features, out_features, bias=False, device="meta")  # meta: no draw from the global RNG
+        linear.weight = nn.Parameter(w.bfloat16(), requires_grad=False)
+        fp32.append((x, w))
+        packed.append((x.bfloat16(), PackedLinear(linear)))
+    with torch.inference_mode():
+        return fastest({"fp32": (lambda: [F.linear(x, w) for x, w in fp32],),
+                        "bf16": (lambda: [m(x) for x, m in packed],)}, margin=0.8, rounds=3) == "bf16"
+
+
+@functools.cache
+def int8_decode_kernel(device_type: str, dtype: torch.dtype) -> str:
+    """The int8 kernel for a decode step's few rows on device_type with activations of dtype: the fastest of those
+    that work here, timed once in alternation at batch 1 (device.fastest, about 1 s on a quiet machine);
+    "converted" only where neither private kernel works (it converts the whole weight for one row).
+
+    Measured because flags don't tell: on an Intel Xeon with AMX and AVX512-BF16 (2 cores), dynamic streams
+    int8 weights ~1.9x faster than weight_only with bf16 activations, and weight_only with fp32 activations is
+    ~3.5x slower than fp32 F.linear; elsewhere weight_only was measured 5x slower than fp32.
+    """
+    works = {"dynamic": device_type == "cpu" and dtype in (torch.float32, torch.bfloat16) and dynamic_int8_works(),
+             "weight_only": int8_mm_works(device_type, dtype)}
+    works = [k for k in works if works[k]] or ["converted"]
+    if device_type != "cpu" or len(works) == 1:
+        return works[0]
+    gen = torch.Generator().manual_seed(0)
+    layers = []
+    for out_features, in_features in _decode_shapes(12):
+        w = torch.randint(-127, 128, (out_features, in_features), dtype=torch.int8, generator=gen)
+        scales = torch.rand(out_features, generator=gen).to(dtype) / 1000
+        layers.append((torch.randn(1, in_features, generator=gen).to(dtype), w, scales, pack_int8(w, scales)))
+
+    def products(kernel):
+        return [int8_linear(x, w, scales, packed=packed, kernel=kernel) for x, w, scales, packed in layers]
+
+    with torch.inference_mode():
+        return fastest({k: (products, k) for k in works}, margin=0.9, rounds=3)
+
+
+def int8_linear(x, weight, scales, bias=None, packed=None, kernel: str | None = None):
     """x (..., in) times an int8 weight (out, in) with per-output-channel scales (out,) -> (..., out) in x's dtype.
 
-    fused: use the private op (None: wherever int8_mm_works, for up to FUSED_INT8_MAX_ROWS rows of x); False forces
-    the plain-PyTorch way, which converts the weight to x's dtype first. The fused op is a matrix-vector kernel:
-    it streams int8 weights fastest for a decode step, but a 512-token prefill runs 6x faster converted.
+    packed: pack_int8(weight, scales, bias), needed by the "dynamic" kernel (it then holds the bias).
+    kernel: one of INT8_KERNELS; None: int8_decode_kernel's choice for up to FEW_ROWS rows (weight_only stands in
+    for dynamic where there is no packed weight), "converted" for more, where a prefill's product is compute-bound.
     """
-    if fused is None:
-        fused = x.numel() // x.size(-1) <= FUSED_INT8_MAX_ROWS and int8_mm_works(x.device.type, x.dtype)
-    if fused:
+    if kernel is None:
+        kernel = "converted"
+        if x.numel() // x.size(-1) <= FEW_ROWS:
+            kernel = int8_decode_kernel(x.device.type, x.dtype)
+            if kernel == "dynamic" and packed is None:
+                kernel = "weight_only" if int8_mm_works(x.device.type, x.dtype) else "converted"
+    if kernel == "dynamic":
+        return dynamic_int8_linear(x, packed)
+    if kernel == "weight_only":
         y = torch._weight_int8pack_mm(x.reshape(-1, x.size(-1)), weight, scales).view(*x.shape[:-1], -1)
     else:
-        y = F.linear(x, weight.to(x.dtype)) * scales
+        compute = x.dtype
+        if x.device.type == "cpu" and x.dtype == torch.float32 and cpu_bf16_is_faster():
+            compute = torch.bfloat16  # AMX: a prefill's products in bf16 run ~2.6x faster; the weights are int8 anyway
+        y = F.linear(x.to(compute), weight.to(compute)).to(x.dtype) * scales
     return y if bias is None else y + bias

@@ -77,19 +77,25 @@ def parse_dtype(dtype) -> torch.dtype | None:
     raise GPTCoreError(f"dtype must be one of {', '.join(DTYPES)} (or the torch dtype), got {dtype!r}")
 
 
+CHECKSUM_STRIDE = 1031  # a prime a few cache lines wide: the checksum reads ~0.1% of the weights' memory
+
+
 def weights_version(model) -> tuple:
     """Something that changes whenever a parameter is replaced, moved or modified in place.
 
     In-place ops bump a tensor's ._version, but not all of them (fused AdamW's doesn't), so a model that may be
-    in training (some parameter requires grad) also gets a checksum of every parameter: one read of the weights,
-    about as long as one decode step.
+    in training (some parameter requires grad) also gets a checksum of every parameter: of every CHECKSUM_STRIDE-th
+    element, since an optimizer step moves them all. (Summing every element cost as much as 30 decode steps of
+    GPT-2 124M, once per generate call.) An edit of single elements through .data, which bumps no version, can
+    escape it: generate from a fresh Generator after such surgery.
     """
     params = list(model.parameters())
     meta = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
     if not any(p.requires_grad for p in params):
         return meta, None
     with torch.no_grad():
-        return meta, torch.stack([p.sum(dtype=torch.float64) for p in params]).tolist()
+        sample = [p.detach().reshape(-1)[::CHECKSUM_STRIDE].sum(dtype=torch.float64) for p in params]
+        return meta, torch.stack(sample).tolist()
 
 
 class _Row:
@@ -135,12 +141,14 @@ class Generator:
         self._caches = []  # caches no run is using; a run takes one and gives it back
 
     def _has_bf16_kernel(self, quantize) -> bool:
-        """Whether this device has a kernel that streams bf16 (or int8 with bf16 activations) weights well."""
+        """Whether this device has a kernel that streams bf16 weights (or int8 ones with bf16 activations) faster
+        than the float32 path, measured."""
         if self.device.type != "cpu":
             return True
-        if quantize == "int8":
-            return cpu_kernels.int8_mm_works("cpu", torch.bfloat16)
-        return cpu_kernels.packed_linear_works(torch.bfloat16)
+        if quantize == "int8":  # FBGEMM's int8 kernel, where it wins, takes float32 activations
+            return (cpu_kernels.int8_decode_kernel("cpu", torch.float32) != "dynamic"
+                    and cpu_kernels.int8_mm_works("cpu", torch.bfloat16))
+        return cpu_kernels.packed_bf16_decodes_faster()
 
     @property
     def model(self):
@@ -173,12 +181,7 @@ class Generator:
         row's last pending id."""
         T = max(len(ids) for ids in inputs)
         idx = torch.tensor([ids + [0] * (T - len(ids)) for ids in inputs], device=self.device)
-        offsets = torch.tensor([r.cached for r in rows], device=self.device)
-        # padding sits past each row's own tokens; its positions are clamped into the cache and masked
-        positions = (offsets[:, None] + torch.arange(T, device=self.device)).clamp_(max=cache.max_len - 1)
-        last = torch.tensor([len(ids) - 1 for ids in inputs], device=self.device)
-        length = max(r.cached + len(ids) for r, ids in zip(rows, inputs))
-        cache.bind([r.row for r in rows], positions, last, length)
+        cache.bind([r.row for r in rows], [r.cached for r in rows], [len(ids) for ids in inputs])
         # the engine's dtype, not a caller's autocast, decides the precision
         with torch.autocast(self.device.type, enabled=False):
             if not model.training:

@@ -2,14 +2,16 @@
 becomes an Int8Linear whose int8 weight and per-output-channel scales are buffers in the state dict.
 
 Decoding reads every weight once per token, so it is bound by memory bandwidth: int8 weights are half the bytes of
-bf16 and a quarter of fp32. Activations stay in the model's dtype. Each output channel (a row of the weight) gets
-its own scale, max |w| / 127, so one large row doesn't cost the others their precision.
+bf16 and a quarter of fp32. Activations stay in the model's dtype between layers; inside a layer, the kernel this
+machine runs fastest (cpu_kernels.int8_decode_kernel) may quantize them to 8 bits too, as CTranslate2 does. Each
+output channel (a row of the weight) gets its own scale, max |w| / 127, so one large row doesn't cost the others
+their precision.
 """
 
 import torch
 import torch.nn as nn
 
-from .cpu_kernels import int8_linear
+from . import cpu_kernels
 
 
 def quantize_weight(weight) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,6 +31,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("scales", torch.ones(out_features, dtype=dtype, device=device))
         self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device) if bias else None)
+        self._packed = None  # (the buffers' data_ptrs, FBGEMM's packed weight): not in the state dict
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
@@ -41,7 +44,21 @@ class Int8Linear(nn.Module):
 
     def forward(self, x):
         """(..., in_features) -> (..., out_features)."""
-        return int8_linear(x, self.weight, self.scales, self.bias)
+        return cpu_kernels.int8_linear(x, self.weight, self.scales, self.bias, packed=self._packed_weight(x))
+
+    def _packed_weight(self, x):
+        """FBGEMM's prepacked copy of the buffers when a decode step here may use the "dynamic" kernel, else None.
+        Packed on first use, and again after load_state_dict or when a buffer is replaced (.to(), assignment)."""
+        if x.device.type != "cpu" or cpu_kernels.int8_decode_kernel("cpu", x.dtype) != "dynamic":
+            return None
+        source = tuple(t.data_ptr() for t in (self.weight, self.scales, self.bias) if t is not None)
+        if self._packed is None or self._packed[0] != source:
+            self._packed = source, cpu_kernels.pack_int8(self.weight, self.scales, self.bias)
+        return self._packed[1]
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)  # copies into the buffers in place: same data_ptr
+        self._packed = None
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
