@@ -226,6 +226,26 @@ def test_text8_end_to_end_on_a_generated_file(tmp_path):
     assert "test" in result.stdout.splitlines()[-1]
 
 
+def test_text8_download_is_checked_and_done_once(tmp_path, monkeypatch):
+    """text8.zip through the library's checked download (a local file:// URL here), unpacked once into data_dir."""
+    import hashlib
+    import zipfile
+    text8 = load("text8")
+    data = b"anarchism originated as a term of abuse " * 100
+    with zipfile.ZipFile(tmp_path / "served.zip", "w") as archive:
+        archive.writestr("text8", data)
+    monkeypatch.setattr(text8, "URL", (tmp_path / "served.zip").as_uri())
+    monkeypatch.setattr(text8, "ZIP_SHA256", hashlib.sha256((tmp_path / "served.zip").read_bytes()).hexdigest())
+    monkeypatch.setattr(text8, "TEXT8_SHA256", hashlib.sha256(data).hexdigest())
+    assert text8.text8_bytes(tmp_path / "data") == data
+    assert (tmp_path / "data" / "text8").read_bytes() == data
+    (tmp_path / "served.zip").unlink()  # a second call reads data_dir/text8 and never the URL
+    assert text8.text8_bytes(tmp_path / "data") == data
+    monkeypatch.setattr(text8, "TEXT8_SHA256", "0" * 64)  # a zip whose text8 is not the expected one
+    with pytest.raises(text8.GPTCoreError, match="does not have the sha256"):
+        text8.text8_bytes(tmp_path / "data")
+
+
 def test_text8_rejects_characters_outside_its_alphabet(tmp_path):
     (tmp_path / "bad.txt").write_text("hello World " * 100)
     result = run("text8", "--input", tmp_path / "bad.txt", "--out-dir", tmp_path, check=False)
