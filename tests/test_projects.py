@@ -113,13 +113,13 @@ def test_chargpt_learns_shakespeare(tmp_path):
     text = SHAKESPEARE.read_text()[:200_000]
     (tmp_path / "in.txt").write_text(text)
     result = run("chargpt", "--input", tmp_path / "in.txt", "--n-layer", 2, "--n-embd", 64, "--batch-size", 16,
-                 "--max-iters", 200, "--sample-chars", 50, "--out-dir", tmp_path)
+                 "--max-iters", 100, "--sample-chars", 50, "--out-dir", tmp_path)
     s = summary(tmp_path)
     val = text[int(0.9 * len(text)):]
     counts = Counter(val)
     unigram = -sum(c / len(val) * math.log(c / len(val)) for c in counts.values())  # nats, with val's own counts
     assert s["val_chars"] == len(val) and s["train_chars"] == len(text) - len(val)
-    assert s["val_loss"] < unigram - 0.3, (s["val_loss"], unigram)  # it learned context, not only frequencies
+    assert s["val_loss"] < unigram - 0.5, (s["val_loss"], unigram)  # it learned context, not only frequencies
     assert s["val_bpc"] == pytest.approx(s["val_loss"] / math.log(2))
     assert len(s["sample"]) > 50 and "val" in result.stdout.splitlines()[-1]
 
@@ -181,10 +181,10 @@ def test_generate_bad_name_fails_in_one_line(tmp_path):
 def test_finetune_committed_checkpoint_on_shakespeare(tmp_path):
     text = SHAKESPEARE.read_text()[:40_000]
     (tmp_path / "in.txt").write_text(text)
-    result = run("finetune", "--input", tmp_path / "in.txt", "--max-iters", 40, "--batch-size", 4,
+    result = run("finetune", "--input", tmp_path / "in.txt", "--max-iters", 20, "--batch-size", 4,
                  "--sample-tokens", 10, "--out-dir", tmp_path)
     s = summary(tmp_path)
-    assert s["val_loss_after"] < s["val_loss_before"] - 0.5, (s["val_loss_before"], s["val_loss_after"])
+    assert s["val_loss_after"] < s["val_loss_before"] - 1.0, (s["val_loss_before"], s["val_loss_after"])
     assert s["sample_before"] != s["sample_after"]
     assert (tmp_path / "finetuned.pt").exists() and "finetune" in result.stdout.splitlines()[-1]
 
@@ -216,13 +216,13 @@ def test_text8_end_to_end_on_a_generated_file(tmp_path):
     text = " ".join(rng.choice(words) for _ in range(30_000))[:120_000]
     (tmp_path / "t8.txt").write_text(text)
     result = run("text8", "--input", tmp_path / "t8.txt", "--n-layer", 2, "--n-head", 2, "--n-embd", 64,
-                 "--block-size", 32, "--batch-size", 32, "--max-iters", 150, "--dropout", 0.0, "--out-dir", tmp_path)
+                 "--block-size", 32, "--batch-size", 32, "--max-iters", 80, "--dropout", 0.0, "--out-dir", tmp_path)
     s = summary(tmp_path)
     test = text[len(text) * 95 // 100:]
     counts = Counter(test)
     unigram_bits = -sum(c / len(test) * math.log2(c / len(test)) for c in counts.values())
     assert s["test_chars"] == len(test) and s["val_chars"] == len(text) * 5 // 100
-    assert s["test_bpc"] < unigram_bits - 1.0, (s["test_bpc"], unigram_bits)
+    assert s["test_bpc"] < unigram_bits - 1.2, (s["test_bpc"], unigram_bits)
     assert "test" in result.stdout.splitlines()[-1]
 
 
