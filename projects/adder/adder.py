@@ -93,7 +93,8 @@ def main():
     parser.add_argument("--max-iters", type=int, default=None,
                         help="training steps at most (default: 20,000 per digit)")
     parser.add_argument("--eval-interval", type=int, default=250,
-                        help="every this many steps, score 10,000 training problems (all, up to 2 digits); stop once all are right")
+                        help="every this many steps, score 10,000 training problems (all, up to 2 digits); "
+                             "stop once all are right")
     parser.add_argument("--batch-size", type=int, default=256,
                         help="minGPT uses 64; on a CPU each step's fixed cost dominates, so fewer, larger steps win")
     parser.add_argument("--learning-rate", type=float, default=2e-3)

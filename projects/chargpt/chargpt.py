@@ -84,7 +84,7 @@ def main():
     parser.add_argument("--max-iters", type=int, default=600)
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="train for this many minutes of wall time instead: the step count is re-estimated from "
-                             "the time per step so far, so the cosine decay ends on time (--max-iters is the upper bound)")
+                             "the time per step so far, so the cosine decay ends on time (--max-iters caps it)")
     parser.add_argument("--warmup-iters", type=int, default=None, help="default: 5%% of --max-iters")
     parser.add_argument("--dropout", type=float, default=0.0,
                         help="off by default: short runs are far from overfitting, and dropout costs time per step")
@@ -98,6 +98,8 @@ def main():
     args = parser.parse_args()
     start = time.time()
     torch.manual_seed(args.seed)
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        fail(f"--max-minutes must be positive, got {args.max_minutes}")
 
     try:
         if args.input:
@@ -141,7 +143,8 @@ def main():
         if args.max_minutes is not None:  # stretch or shrink the schedule to end at the deadline
             elapsed = time.time() - train_start
             left = int((60 * args.max_minutes - elapsed) / (elapsed / trainer.iter_num))
-            trainer.config.max_iters = bar.total = max(trainer.iter_num + 1, min(args.max_iters, trainer.iter_num + left))
+            steps = max(trainer.iter_num + 1, min(args.max_iters, trainer.iter_num + left))
+            trainer.config.max_iters = bar.total = steps
             trainer.stop_requested |= elapsed >= 60 * args.max_minutes
         if trainer.iter_num % 10 == 0:
             bar.set_postfix(loss=f"{trainer.loss.item():.3f}")
