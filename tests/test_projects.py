@@ -7,6 +7,7 @@ position by position, transformers.GPT2LMHeadModel, and the unigram entropy of t
 import importlib.util
 import json
 import math
+import os
 import random
 import subprocess
 import sys
@@ -34,10 +35,15 @@ def load(name):
     return module
 
 
+# These models are tiny: a second thread gains them nothing, and on a busy 2-core runner two threads that wait on
+# each other made a 12 s run take 67 s. One thread for every project process and notebook kernel started here.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def run(name, *args, check=True):
     """Runs projects/<name>/<name>.py from a directory outside the repo, as a user of a fresh clone would."""
     result = subprocess.run([sys.executable, str(PROJECTS / name / f"{name}.py"), *map(str, args)],
-                            capture_output=True, text=True, cwd="/", timeout=600)
+                            capture_output=True, text=True, cwd="/", timeout=600, env=ONE_THREAD)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -47,9 +53,10 @@ def summary(out_dir):
     return json.loads((Path(out_dir) / "summary.json").read_text())
 
 
-def execute_notebook(path):
-    """Runs every cell top to bottom in a fresh kernel (in the notebook's folder, with this process's environment);
-    returns all the text it printed."""
+def execute_notebook(path, monkeypatch):
+    """Runs every cell top to bottom in a fresh kernel (in the notebook's folder, with this process's environment
+    and one thread); returns all the text it printed."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel inherits the environment
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     return "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs)
@@ -128,7 +135,7 @@ def test_chargpt_learns_shakespeare(tmp_path):
 
 def test_sorter_notebook_runs_and_learns(monkeypatch):
     monkeypatch.setenv("SORTER_MAX_ITERS", "150")
-    printed = execute_notebook(PROJECTS / "sorter" / "demo.ipynb")
+    printed = execute_notebook(PROJECTS / "sorter" / "demo.ipynb", monkeypatch)
     accuracy = float(printed.split("accuracy on 1,000 fresh random problems: ")[1].split("%")[0])
     assert accuracy >= 95.0, printed
 
@@ -167,7 +174,7 @@ def test_generate_script_matches_transformers(random_gpt2, tmp_path):
 
 def test_generate_notebook_runs(random_gpt2, monkeypatch):
     monkeypatch.setenv("GENERATE_PRETRAINED", str(random_gpt2))
-    printed = execute_notebook(PROJECTS / "generate" / "generate.ipynb")
+    printed = execute_notebook(PROJECTS / "generate" / "generate.ipynb", monkeypatch)
     assert "same tokens: True" in printed, printed
 
 
