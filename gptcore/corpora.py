@@ -36,7 +36,6 @@ import os
 import sys
 import sysconfig
 import tokenize
-import urllib.request
 from collections import deque
 from collections.abc import Iterable, Iterator
 from functools import partial
@@ -47,7 +46,7 @@ from tqdm import tqdm
 
 from .data import FORMAT_VERSION, META_FILE, shard_name, shard_token_count, write_meta, write_shard
 from .errors import GPTCoreError
-from .fileio import write_json
+from .fileio import download, sha256_file, write_json
 from .tokenizer import CharTokenizer, GPT2Tokenizer, get_tokenizer, tokenizer_from_description
 
 DEFAULT_DATASET = "pystdlib"
@@ -95,19 +94,11 @@ def dataset_name(dataset: str) -> str:
 
 # ---------------------------------------------------------------------------------------------------------- reading
 
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def hash_files(paths: list[str], root: str) -> str:
     """One hash over the files' names (relative to root) and contents, in the given order."""
     h = hashlib.sha256()
     for path in paths:
-        h.update(f"{os.path.relpath(path, root)}\0{_sha256_file(path)}\n".encode())
+        h.update(f"{os.path.relpath(path, root)}\0{sha256_file(path)}\n".encode())
     return h.hexdigest()
 
 
@@ -191,18 +182,12 @@ def read_local_documents(files: list[str]) -> list[str]:
     return docs
 
 
-def download_shakespeare() -> str:
-    print(f"downloading tinyshakespeare from {SHAKESPEARE_URL}")
-    try:
-        with urllib.request.urlopen(SHAKESPEARE_URL, timeout=30) as response:
-            data = response.read()
-    except OSError as e:
-        raise GPTCoreError(f"could not download tinyshakespeare ({e}); offline, pass a local copy with "
-                           "--from FILE, e.g. --from ../shared/data/tinyshakespeare.txt") from None
-    if hashlib.sha256(data).hexdigest() != SHAKESPEARE_SHA256:
-        raise GPTCoreError(f"the download from {SHAKESPEARE_URL} does not have tinyshakespeare's sha256 "
-                           f"{SHAKESPEARE_SHA256}; pass a good copy with --from FILE")
-    return data.decode("utf-8")
+def download_shakespeare(path: str, offline: str = "--from FILE") -> str:
+    """tinyshakespeare's text, downloaded once into path (sha256-checked; a later call reads the file there).
+    offline: the flag that passes a local copy instead, for the error message."""
+    download(SHAKESPEARE_URL, path, SHAKESPEARE_SHA256,
+             hint=f"; offline, pass a local copy with {offline}, e.g. ../shared/data/tinyshakespeare.txt")
+    return read_utf8(path)
 
 
 # ------------------------------------------------------------------------------------------------------- tokenizing
@@ -516,8 +501,8 @@ def prepare(dataset: str = DEFAULT_DATASET, *, out_dir: str, source_file: str | 
         # The hash of tinyshakespeare is known, so a rerun finds it prepared without downloading it again.
         input_hash = SHAKESPEARE_SHA256
         if source_file is None:
-            source, read_docs = SHAKESPEARE_URL, lambda: [download_shakespeare()]
-        elif _sha256_file(source_file) != SHAKESPEARE_SHA256:
+            source, read_docs = SHAKESPEARE_URL, lambda: [download_shakespeare(os.path.join(out_dir, "input.txt"))]
+        elif sha256_file(source_file) != SHAKESPEARE_SHA256:
             raise GPTCoreError(f"{source_file} is not tinyshakespeare (its sha256 is not {SHAKESPEARE_SHA256}); "
                                "to prepare another text, pass it as --dataset PATH")
         else:

@@ -7,6 +7,7 @@ position by position, transformers.GPT2LMHeadModel, and the unigram entropy of t
 import importlib.util
 import json
 import math
+import os
 import random
 import subprocess
 import sys
@@ -34,10 +35,15 @@ def load(name):
     return module
 
 
+# These models are tiny: a second thread gains them nothing, and on a busy 2-core runner two threads that wait on
+# each other made a 12 s run take 67 s. One thread for every project process and notebook kernel started here.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def run(name, *args, check=True):
     """Runs projects/<name>/<name>.py from a directory outside the repo, as a user of a fresh clone would."""
     result = subprocess.run([sys.executable, str(PROJECTS / name / f"{name}.py"), *map(str, args)],
-                            capture_output=True, text=True, cwd="/", timeout=600)
+                            capture_output=True, text=True, cwd="/", timeout=600, env=ONE_THREAD)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -47,9 +53,10 @@ def summary(out_dir):
     return json.loads((Path(out_dir) / "summary.json").read_text())
 
 
-def execute_notebook(path):
-    """Runs every cell top to bottom in a fresh kernel (in the notebook's folder, with this process's environment);
-    returns all the text it printed."""
+def execute_notebook(path, monkeypatch):
+    """Runs every cell top to bottom in a fresh kernel (in the notebook's folder, with this process's environment
+    and one thread); returns all the text it printed."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel inherits the environment
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     return "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs)
@@ -113,13 +120,13 @@ def test_chargpt_learns_shakespeare(tmp_path):
     text = SHAKESPEARE.read_text()[:200_000]
     (tmp_path / "in.txt").write_text(text)
     result = run("chargpt", "--input", tmp_path / "in.txt", "--n-layer", 2, "--n-embd", 64, "--batch-size", 16,
-                 "--max-iters", 200, "--sample-chars", 50, "--out-dir", tmp_path)
+                 "--max-iters", 100, "--sample-chars", 50, "--out-dir", tmp_path)
     s = summary(tmp_path)
     val = text[int(0.9 * len(text)):]
     counts = Counter(val)
     unigram = -sum(c / len(val) * math.log(c / len(val)) for c in counts.values())  # nats, with val's own counts
     assert s["val_chars"] == len(val) and s["train_chars"] == len(text) - len(val)
-    assert s["val_loss"] < unigram - 0.3, (s["val_loss"], unigram)  # it learned context, not only frequencies
+    assert s["val_loss"] < unigram - 0.5, (s["val_loss"], unigram)  # it learned context, not only frequencies
     assert s["val_bpc"] == pytest.approx(s["val_loss"] / math.log(2))
     assert len(s["sample"]) > 50 and "val" in result.stdout.splitlines()[-1]
 
@@ -128,7 +135,7 @@ def test_chargpt_learns_shakespeare(tmp_path):
 
 def test_sorter_notebook_runs_and_learns(monkeypatch):
     monkeypatch.setenv("SORTER_MAX_ITERS", "150")
-    printed = execute_notebook(PROJECTS / "sorter" / "demo.ipynb")
+    printed = execute_notebook(PROJECTS / "sorter" / "demo.ipynb", monkeypatch)
     accuracy = float(printed.split("accuracy on 1,000 fresh random problems: ")[1].split("%")[0])
     assert accuracy >= 95.0, printed
 
@@ -167,7 +174,7 @@ def test_generate_script_matches_transformers(random_gpt2, tmp_path):
 
 def test_generate_notebook_runs(random_gpt2, monkeypatch):
     monkeypatch.setenv("GENERATE_PRETRAINED", str(random_gpt2))
-    printed = execute_notebook(PROJECTS / "generate" / "generate.ipynb")
+    printed = execute_notebook(PROJECTS / "generate" / "generate.ipynb", monkeypatch)
     assert "same tokens: True" in printed, printed
 
 
@@ -181,10 +188,10 @@ def test_generate_bad_name_fails_in_one_line(tmp_path):
 def test_finetune_committed_checkpoint_on_shakespeare(tmp_path):
     text = SHAKESPEARE.read_text()[:40_000]
     (tmp_path / "in.txt").write_text(text)
-    result = run("finetune", "--input", tmp_path / "in.txt", "--max-iters", 40, "--batch-size", 4,
+    result = run("finetune", "--input", tmp_path / "in.txt", "--max-iters", 20, "--batch-size", 4,
                  "--sample-tokens", 10, "--out-dir", tmp_path)
     s = summary(tmp_path)
-    assert s["val_loss_after"] < s["val_loss_before"] - 0.5, (s["val_loss_before"], s["val_loss_after"])
+    assert s["val_loss_after"] < s["val_loss_before"] - 1.0, (s["val_loss_before"], s["val_loss_after"])
     assert s["sample_before"] != s["sample_after"]
     assert (tmp_path / "finetuned.pt").exists() and "finetune" in result.stdout.splitlines()[-1]
 
@@ -216,14 +223,34 @@ def test_text8_end_to_end_on_a_generated_file(tmp_path):
     text = " ".join(rng.choice(words) for _ in range(30_000))[:120_000]
     (tmp_path / "t8.txt").write_text(text)
     result = run("text8", "--input", tmp_path / "t8.txt", "--n-layer", 2, "--n-head", 2, "--n-embd", 64,
-                 "--block-size", 32, "--batch-size", 32, "--max-iters", 150, "--dropout", 0.0, "--out-dir", tmp_path)
+                 "--block-size", 32, "--batch-size", 32, "--max-iters", 80, "--dropout", 0.0, "--out-dir", tmp_path)
     s = summary(tmp_path)
     test = text[len(text) * 95 // 100:]
     counts = Counter(test)
     unigram_bits = -sum(c / len(test) * math.log2(c / len(test)) for c in counts.values())
     assert s["test_chars"] == len(test) and s["val_chars"] == len(text) * 5 // 100
-    assert s["test_bpc"] < unigram_bits - 1.0, (s["test_bpc"], unigram_bits)
+    assert s["test_bpc"] < unigram_bits - 1.2, (s["test_bpc"], unigram_bits)
     assert "test" in result.stdout.splitlines()[-1]
+
+
+def test_text8_download_is_checked_and_done_once(tmp_path, monkeypatch):
+    """text8.zip through the library's checked download (a local file:// URL here), unpacked once into data_dir."""
+    import hashlib
+    import zipfile
+    text8 = load("text8")
+    data = b"anarchism originated as a term of abuse " * 100
+    with zipfile.ZipFile(tmp_path / "served.zip", "w") as archive:
+        archive.writestr("text8", data)
+    monkeypatch.setattr(text8, "URL", (tmp_path / "served.zip").as_uri())
+    monkeypatch.setattr(text8, "ZIP_SHA256", hashlib.sha256((tmp_path / "served.zip").read_bytes()).hexdigest())
+    monkeypatch.setattr(text8, "TEXT8_SHA256", hashlib.sha256(data).hexdigest())
+    assert text8.text8_bytes(tmp_path / "data") == data
+    assert (tmp_path / "data" / "text8").read_bytes() == data
+    (tmp_path / "served.zip").unlink()  # a second call reads data_dir/text8 and never the URL
+    assert text8.text8_bytes(tmp_path / "data") == data
+    monkeypatch.setattr(text8, "TEXT8_SHA256", "0" * 64)  # a zip whose text8 is not the expected one
+    with pytest.raises(text8.GPTCoreError, match="does not have the sha256"):
+        text8.text8_bytes(tmp_path / "data")
 
 
 def test_text8_rejects_characters_outside_its_alphabet(tmp_path):

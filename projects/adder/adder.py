@@ -93,7 +93,8 @@ def main():
     parser.add_argument("--max-iters", type=int, default=None,
                         help="training steps at most (default: 20,000 per digit)")
     parser.add_argument("--eval-interval", type=int, default=250,
-                        help="every this many steps, score 1,000 training problems; stop once all are right")
+                        help="every this many steps, score 10,000 training problems (all, up to 2 digits); "
+                             "stop once all are right")
     parser.add_argument("--batch-size", type=int, default=256,
                         help="minGPT uses 64; on a CPU each step's fixed cost dominates, so fewer, larger steps win")
     parser.add_argument("--learning-rate", type=float, default=2e-3)
@@ -127,8 +128,8 @@ def main():
         if trainer.iter_num % 50 == 0:
             bar.set_postfix(loss=f"{trainer.loss.item():.4f}")
         if trainer.iter_num % args.eval_interval == 0:
-            train_acc, _ = evaluate(model, train_set, trainer.device, limit=1000)
-            bar.write(f"iter {trainer.iter_num}: loss {trainer.loss.item():.4f}, train-sample accuracy {train_acc:.2%}")
+            train_acc, _ = evaluate(model, train_set, trainer.device, limit=TRAIN_SCORED)
+            bar.write(f"iter {trainer.iter_num}: loss {trainer.loss.item():.4f}, train accuracy {train_acc:.2%}")
             if train_acc == 1.0:
                 trainer.stop_requested = True  # the trainer stops after this step
 

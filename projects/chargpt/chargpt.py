@@ -81,8 +81,14 @@ def main():
     parser.add_argument("--n-embd", type=int, default=128)
     parser.add_argument("--block-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-iters", type=int, default=700)
-    parser.add_argument("--learning-rate", type=float, default=4e-3,
+    parser.add_argument("--max-iters", type=int, default=600)
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="train for this many minutes of wall time instead: the step count is re-estimated from "
+                             "the time per step so far, so the cosine decay ends on time (--max-iters caps it)")
+    parser.add_argument("--warmup-iters", type=int, default=None, help="default: 5%% of --max-iters")
+    parser.add_argument("--dropout", type=float, default=0.0,
+                        help="off by default: short runs are far from overfitting, and dropout costs time per step")
+    parser.add_argument("--learning-rate", type=float, default=6e-3,
                         help="peak, after 5%% of steps; cosine decay to a tenth of it")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="bf16 autocast is slower than fp32 at 128 wide, even on AMX CPUs; it pays off wider")
@@ -92,6 +98,8 @@ def main():
     args = parser.parse_args()
     start = time.time()
     torch.manual_seed(args.seed)
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        fail(f"--max-minutes must be positive, got {args.max_minutes}")
 
     try:
         if args.input:
@@ -99,7 +107,7 @@ def main():
         elif LOCAL_SHAKESPEARE.exists():
             text = read_utf8(str(LOCAL_SHAKESPEARE))
         else:
-            text = download_shakespeare()  # sha256-checked
+            text = download_shakespeare(str(ROOT / "data" / "tinyshakespeare" / "input.txt"), offline="--input FILE")
     except (OSError, GPTCoreError) as e:
         fail(str(e))
     tokenizer = CharTokenizer(text)
@@ -113,12 +121,13 @@ def main():
     model_config.n_layer, model_config.n_head, model_config.n_embd = args.n_layer, args.n_head, args.n_embd
     model_config.vocab_size = tokenizer.n_vocab
     model_config.block_size = args.block_size
+    model_config.embd_pdrop = model_config.resid_pdrop = model_config.attn_pdrop = args.dropout
     model = GPT(model_config)
 
     train_config = Trainer.get_default_config()
     train_config.batch_size = args.batch_size
     train_config.learning_rate = args.learning_rate
-    train_config.warmup_iters = max(1, args.max_iters // 20)
+    train_config.warmup_iters = args.warmup_iters if args.warmup_iters is not None else max(1, args.max_iters // 20)
     train_config.min_lr = args.learning_rate / 10  # cosine decay to it at max_iters
     train_config.max_iters = args.max_iters
     train_config.betas = (0.9, 0.99)  # nanoGPT's choice for small batches
@@ -127,9 +136,16 @@ def main():
     trainer = Trainer(train_config, model, CharDataset(ids[:n_train], args.block_size))
 
     bar = tqdm(total=args.max_iters, desc="chargpt", unit="it")
+    train_start = time.time()
 
     def on_batch_end(trainer):
         bar.update(1)
+        if args.max_minutes is not None:  # stretch or shrink the schedule to end at the deadline
+            elapsed = time.time() - train_start
+            left = int((60 * args.max_minutes - elapsed) / (elapsed / trainer.iter_num))
+            steps = max(trainer.iter_num + 1, min(args.max_iters, trainer.iter_num + left))
+            trainer.config.max_iters = bar.total = steps
+            trainer.stop_requested |= elapsed >= 60 * args.max_minutes
         if trainer.iter_num % 10 == 0:
             bar.set_postfix(loss=f"{trainer.loss.item():.3f}")
 

@@ -70,7 +70,7 @@ def main():
         elif LOCAL_SHAKESPEARE.exists():
             text = read_utf8(str(LOCAL_SHAKESPEARE))
         else:
-            text = download_shakespeare()  # sha256-checked
+            text = download_shakespeare(str(ROOT / "data" / "tinyshakespeare" / "input.txt"), offline="--input FILE")
         ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
     except (OSError, GPTCoreError) as e:
         fail(str(e))

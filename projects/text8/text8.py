@@ -11,11 +11,9 @@ dataset of windows and full-text scoring.
 
 import argparse
 import hashlib
-import io
 import math
 import sys
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # lets a fresh clone run this without installing gptcore
 from gptcore import CharTokenizer, GPT, GPTCoreError, Trainer  # noqa: E402
-from gptcore.fileio import atomic_path, write_json  # noqa: E402
+from gptcore.fileio import atomic_path, download, sha256_file, write_json  # noqa: E402
 from projects.chargpt.chargpt import CharDataset, score  # noqa: E402
 
 ALPHABET = " abcdefghijklmnopqrstuvwxyz"
@@ -37,30 +35,17 @@ ZIP_SHA256 = "a6640522afe85d1963ad56c05b0ede0a0c000dddc9671758a6cc09b7a38e5232"
 TEXT8_SHA256 = "6e890197040d37d85beb962ae1f041ff1d9a9ca8d20c7d99c85027eebf51dca7"
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def text8_bytes(data_dir: Path) -> bytes:
-    """The 100M bytes of text8, from data_dir/text8 if it is there and intact, else downloaded once into it."""
+    """The 100M bytes of text8, from data_dir/text8 if it is there and intact, else from text8.zip, downloaded once
+    into data_dir (both sha256-checked)."""
     path = data_dir / "text8"
-    if path.exists():
-        data = path.read_bytes()
-        if sha256(data) == TEXT8_SHA256:
-            return data
-        print(f"{path} is not text8 (sha256 differs): downloading it again")
-    print(f"downloading {URL} (31 MB) into {data_dir}")
-    try:
-        with urllib.request.urlopen(URL, timeout=60) as response:
-            archive = response.read()
-    except OSError as e:
-        raise GPTCoreError(f"could not download {URL} ({e}); offline, put text8 in {data_dir} "
-                           "or pass --input FILE") from None
-    if sha256(archive) != ZIP_SHA256:
-        raise GPTCoreError(f"the download from {URL} does not have text8.zip's sha256 {ZIP_SHA256}; try again later")
-    data = zipfile.ZipFile(io.BytesIO(archive)).read("text8")
-    if sha256(data) != TEXT8_SHA256:
-        raise GPTCoreError(f"text8 inside {URL} does not have the sha256 {TEXT8_SHA256}")
+    if path.exists() and sha256_file(str(path)) == TEXT8_SHA256:
+        return path.read_bytes()
+    archive = download(URL, str(data_dir / "text8.zip"), ZIP_SHA256,
+                       hint=f"; offline, put text8 in {data_dir} or pass --input FILE")
+    data = zipfile.ZipFile(archive).read("text8")
+    if hashlib.sha256(data).hexdigest() != TEXT8_SHA256:
+        raise GPTCoreError(f"text8 inside {archive} does not have the sha256 {TEXT8_SHA256}")
     with atomic_path(str(path)) as tmp:
         Path(tmp).write_bytes(data)
     return data
