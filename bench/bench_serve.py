@@ -22,6 +22,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -60,7 +61,17 @@ def start_server(args, port: int) -> subprocess.Popen:
            "--max-batch", str(args.max_batch), "--max-queue", str(4 * max(CONCURRENCY))]
     if args.checkpoint:
         cmd += ["--checkpoint", args.checkpoint]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # the server logs a line per request: into a file, since a pipe nobody drains fills up and blocks the server
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    proc.log = log  # read back when the server fails to start
+    return proc
+
+
+def last_line(proc) -> str:
+    proc.log.seek(0)
+    lines = proc.log.read().strip().splitlines()
+    return lines[-1] if lines else f"status {proc.returncode}"
 
 
 def wait_until_up(port: int, proc, seconds: float = 300) -> str:
@@ -68,7 +79,7 @@ def wait_until_up(port: int, proc, seconds: float = 300) -> str:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         if proc.poll() is not None:
-            sys.exit(f"error: serve.py exited: {proc.stderr.read().strip().splitlines()[-1]}")
+            sys.exit(f"error: serve.py exited: {last_line(proc)}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=60) as response:
                 return json.load(response)["model"]
