@@ -6,6 +6,7 @@ tokenizer (built from OpenAI's encoder.json / vocab.bpe), without any gptcore sc
 log-likelihoods in float64 from float32 logits; they must agree within 1e-5, with identical predictions.
 """
 
+import hashlib
 import importlib.util
 import os
 import json
@@ -246,37 +247,32 @@ def test_non_gpt2_tokenizer_is_refused_for_hellaswag_and_lambada(tmp_path):
 
 
 def test_download_is_checked_before_it_is_kept(tmp_path, monkeypatch):
-    """Online, a file is fetched into the cache once; a download with the wrong digest is not kept."""
+    """Online, a file is fetched into the cache once (here from file:// URLs); a download with the wrong digest is
+    not kept; HellaSwag's raw file, which has no published sha256, is accepted by its git blob id."""
+    import dataclasses
+
     from gptcore.eval import files
-    served = (DATA / "wikitext2_test.txt").read_bytes()
-    calls = []
-
-    class Response:
-        def __init__(self, data):
-            self.data = data
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def read(self):
-            return self.data
-
-    def urlopen(url, timeout):
-        calls.append(url)
-        return Response(served)
-
+    source = tmp_path / "served"
+    source.mkdir()
+    (source / "wikitext2_test.txt").write_bytes((DATA / "wikitext2_test.txt").read_bytes())
+    (source / "lambada_openai.jsonl").write_bytes(b"tampered")
+    raw = b'{"ctx": "raw"}\n'  # stands for the raw HellaSwag file; its git blob id is computed here, the git way
+    (source / "hellaswag_val.jsonl").write_bytes(raw)
+    blob = hashlib.sha1(b"blob %d\0" % len(raw) + raw).hexdigest()
+    for task, spec in files.FILES.items():
+        url = (source / spec.name).as_uri()
+        extra = {"git_blob": blob} if task == "hellaswag" else {}
+        monkeypatch.setitem(files.FILES, task, dataclasses.replace(spec, url=url, **extra))
     monkeypatch.setattr(files, "SHARED_DATA", str(tmp_path / "none"))
     monkeypatch.setenv("GPTCORE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(files.urllib.request, "urlopen", urlopen)
     path = files.task_file("wikitext2")
-    assert Path(path).read_bytes() == served and files.task_file("wikitext2") == path and len(calls) == 1
-    served = b"tampered"
-    with pytest.raises(GPTCoreError, match="the download from https://.* has sha256 .* so it was not kept"):
+    assert Path(path).read_bytes() == (DATA / "wikitext2_test.txt").read_bytes()
+    (source / "wikitext2_test.txt").unlink()
+    assert files.task_file("wikitext2") == path  # the cached copy: nothing fetched again
+    with pytest.raises(GPTCoreError, match=r"the download from file://.* has sha256 .* nothing was saved; offline"):
         files.task_file("lambada")
     assert not (tmp_path / "cache" / "eval" / "lambada_openai.jsonl").exists()
+    assert Path(files.task_file("hellaswag")).read_bytes() == raw
 
 
 def test_hellaswag_callback_matches_eval(hf_dir, ours):

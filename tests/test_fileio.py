@@ -58,3 +58,14 @@ def test_download_shakespeare_goes_through_the_checked_download(tmp_path, monkey
     dest = tmp_path / "input.txt"
     assert corpora.download_shakespeare(str(dest)) == SHAKESPEARE.read_text(encoding="utf-8")
     assert dest.read_bytes() == SHAKESPEARE.read_bytes()
+
+
+def test_download_accepts_any_listed_digest_or_the_git_blob_id(tmp_path, served):
+    source, url, digest = served
+    data = source.read_bytes()
+    blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # git's id for the content (`git hash-object`)
+    assert fileio.download(url, str(tmp_path / "a.bin"), ("0" * 64, digest)) == str(tmp_path / "a.bin")
+    assert fileio.download(url, str(tmp_path / "b.bin"), "0" * 64, git_blob=blob) == str(tmp_path / "b.bin")
+    assert (tmp_path / "b.bin").read_bytes() == data
+    with pytest.raises(GPTCoreError, match="nothing was saved"):
+        fileio.download(url, str(tmp_path / "c.bin"), ("0" * 64,), git_blob="0" * 40)

@@ -12,14 +12,12 @@ HellaSwag repository; no sha256 of it is published, so it is pinned by its git b
 which the repository itself records).
 """
 
-import hashlib
 import json
 import os
-import urllib.request
 from dataclasses import dataclass
 
 from ..errors import GPTCoreError
-from ..fileio import atomic_path
+from ..fileio import digest_ok, download, sha256_file
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
@@ -53,27 +51,6 @@ def cache_dir() -> str:
     return os.path.join(base, "eval")
 
 
-def digest_ok(spec: DataFile, data: bytes) -> bool:
-    if hashlib.sha256(data).hexdigest() in spec.sha256:
-        return True
-    return spec.git_blob is not None and hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() == spec.git_blob
-
-
-def download(spec: DataFile, path: str):
-    print(f"downloading {spec.url} to {path}")
-    try:
-        with urllib.request.urlopen(spec.url, timeout=60) as response:
-            data = response.read()
-    except OSError as e:
-        raise GPTCoreError(f"could not download {spec.url} ({type(e).__name__}); offline, put {spec.name} in a "
-                           "folder and pass it as --data-dir") from None
-    if not digest_ok(spec, data):
-        raise GPTCoreError(f"the download from {spec.url} has sha256 {hashlib.sha256(data).hexdigest()}, not the "
-                           f"expected {spec.sha256[0]}; the file changed upstream, so it was not kept")
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(data)
-
-
 def task_file(task: str, data_dir: str | None = None, verify: bool = True) -> str:
     """The checked local path of a task's data file (downloading it into the cache if needed; see module doc).
     verify=False skips the digest check, to score a copy of your own (its lines are still checked)."""
@@ -88,13 +65,12 @@ def task_file(task: str, data_dir: str | None = None, verify: bool = True) -> st
     else:
         path = os.path.join(cache_dir(), spec.name)
         if not os.path.isfile(path):
-            download(spec, path)
+            download(spec.url, path, spec.sha256, git_blob=spec.git_blob,
+                     hint=f"; offline, put {spec.name} in a folder and pass it as --data-dir")
     if not verify:
         return path
-    with open(path, "rb") as f:
-        data = f.read()
-    if not digest_ok(spec, data):
-        raise GPTCoreError(f"{path} has sha256 {hashlib.sha256(data).hexdigest()}, not the expected "
+    if not digest_ok(path, spec.sha256, spec.git_blob):
+        raise GPTCoreError(f"{path} has sha256 {sha256_file(path)}, not the expected "
                            f"{spec.sha256[0]}; it is not the {task} file gptcore scores (get it from {spec.url}, "
                            "or pass --skip-checksum to score it anyway)")
     return path
