@@ -76,6 +76,22 @@ def test_int8_linear_matches_float64_dequantized_product(monkeypatch, kernel, dt
     assert ((layer(x.to(dtype)).double() - want).abs().max() / want.abs().max()).item() < TOLERANCE[kernel, dtype]
 
 
+def test_int8_layer_sends_few_rows_to_the_decode_kernel_and_many_to_the_converted_product(monkeypatch):
+    """Int8Linear's own shortcut to FBGEMM for a decode step's rows must give what int8_linear gives: the dynamic
+    kernel's product up to FEW_ROWS rows, the converted one above."""
+    if not cpu_kernels.dynamic_int8_works():
+        pytest.skip("this CPU/torch build has no FBGEMM dynamic int8 kernel")
+    monkeypatch.setattr(cpu_kernels, "int8_decode_kernel", lambda device_type, dtype: "dynamic")
+    gen = torch.Generator().manual_seed(2)
+    layer = Int8Linear.from_linear(nn.Linear(64, 48))
+    w, scales, bias = layer.weight, layer.scales, layer.bias
+    packed = cpu_kernels.pack_int8(w, scales, bias)
+    for rows, kernel in [(1, "dynamic"), (cpu_kernels.FEW_ROWS, "dynamic"), (cpu_kernels.FEW_ROWS + 1, "converted")]:
+        x = torch.randn(rows, 64, generator=gen)
+        want = cpu_kernels.int8_linear(x, w, scales, bias, packed=packed, kernel=kernel)
+        assert torch.equal(layer(x), want), (rows, kernel)
+
+
 def test_int8_decode_kernel_is_one_that_works_here():
     for dtype in (torch.float32, torch.bfloat16):
         kernel = cpu_kernels.int8_decode_kernel("cpu", dtype)
