@@ -6,8 +6,9 @@ time to first token for a 512-token prompt. Each round runs every method once, i
 them alike; a method's speed-up is the median over rounds of its per-round ratio to transformers (each round's
 runs are seconds apart, so they share the machine's state), far steadier than a ratio of medians.
 Two lines give bounds on batch-1 decoding, measured here in the same process: bytes read per step over the
-bandwidth of a plain sum, and the step's 49 matrix products alone with gptcore's own layers and kernels. A last
-line checks issue 13's goals.
+bandwidth of a plain sum, and the step's 49 matrix products alone with gptcore's own layers and kernels (also on
+one torch thread; a row runs the int8 engine on one thread too, to show whether --threads pays). A last line checks
+issue 13's goals.
 
     python bench/bench_generate.py [--rounds 3] [--threads 2] [--no-save]
 
@@ -42,6 +43,16 @@ def run_ours(engine, prompts, new):
     for events in engine.run([Request(p, new, do_sample=False, stop_token=None) for p in prompts]):
         ids += [e.token for e in events if e.index == 0]
     return time.perf_counter() - start, ids
+
+
+def on_one_thread(run, *args):
+    """run(*args) with torch on one thread, then back to the threads it had."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run(*args)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run_model_generate(model, prompts, new):
@@ -152,6 +163,8 @@ def main():
         f"gptcore Generator, int8 weights ({name(int8)} activations)": lambda p, n: run_ours(int8, p, n),
         "gptcore model.generate, no preparation": lambda p, n: run_model_generate(model, p, n),
         "gptcore Generator, float32": lambda p, n: run_ours(fp32, p, n),
+        # int8 weights fit this Xeon's 300 MB cache, so a second thread may not pay for its sync: measured, not assumed
+        "gptcore Generator, int8 weights, 1 torch thread": lambda p, n: on_one_thread(run_ours, int8, p, n),
         "CTranslate2 float32": lambda p, n: run_ct2(ct2["float32"], p, n),
         "CTranslate2 int8": lambda p, n: run_ct2(ct2["int8"], p, n),
     }
@@ -175,6 +188,7 @@ def main():
     load_after = os.getloadavg()[0]
     bandwidth = stream_bandwidth()
     kernels_alone = {e: products_bound(model, e) for e in (default, int8)}
+    one_thread = {e: on_one_thread(products_bound, model, e) for e in (default, int8)}
 
     hf_name = next(iter(methods))
     ratio = lambda m, what: statistics.median(h / o for h, o in zip(seconds[hf_name, what], seconds[m, what]))  # noqa: E731
@@ -216,8 +230,9 @@ def main():
         f"bandwidth of a plain sum here ({bandwidth / 1e9:.1f} GB/s): {bound}",
         f"bound, batch-1 decode tok/s if every step only ran its 49 matrix products with gptcore's own layers and "
         f"kernels (the rest of the step costing nothing): default {kernels_alone[default]:.0f}, int8 "
-        f"{kernels_alone[int8]:.0f} (kernel: {cpu_kernels.int8_decode_kernel('cpu', int8.dtype)}); CTranslate2 int8's "
-        f"whole steps ran {NEW_TOKENS / statistics.median(seconds['CTranslate2 int8', 1]):.0f}",
+        f"{kernels_alone[int8]:.0f} (kernel: {cpu_kernels.int8_decode_kernel('cpu', int8.dtype)}); on 1 torch thread: "
+        f"default {one_thread[default]:.0f}, int8 {one_thread[int8]:.0f}; CTranslate2 int8's whole steps ran "
+        f"{NEW_TOKENS / statistics.median(seconds['CTranslate2 int8', 1]):.0f}",
         goal_line,
     ]
     header = ("| method | batch 1 tok/s | vs transformers | batch 8 tok/s (aggregate) | vs transformers "
