@@ -25,13 +25,13 @@ gptcore.model: it needs only model.config and forward(idx, cache=...).
 Compiled decode (gpt-fast's torch.compile of a step with static shapes: a fixed-size cache, tensor positions, a mask
 buffer) was measured and is not used: it was slower, or no faster, on every path. GPT-2 124M on an Intel Xeon with
 AMX (2 cores, torch 2.13, inductor's C++ backend), the compiled step against the eager one in one process,
-interleaved, medians of ms per step: fp32 0.82x at batch 1 (0.83x with freezing, 0.48x at batch 8); int8 written in
-plain PyTorch so inductor could fuse the dequantization, 0.27x of eager fp32 without freezing, and with freezing
-(its weight-only int8 pattern) and max_autotune's C++ GEMM templates, bf16 activations, 0.80-0.94x of the eager
-FBGEMM int8 step at batch 1 and 0.32x at batch 8; bf16 (C++ GEMM templates) no faster than eager packed bf16.
-Compile time was 7-77 s per (rows, cache length) shape. The step's matrix products are already library kernels, so
-compiling can only win the rest of the step, and inductor's own int8 and fp32 products ran slower than FBGEMM's and
-MKL's here. (Another helper's benchmark shared the machine: ratios only.)
+interleaved, medians of ms per step: fp32 0.82x at batch 1 (0.83x with freezing; 0.47x at batch 8, on one thread);
+int8 written in plain PyTorch so inductor could fuse the dequantization, 0.27x of eager fp32 without freezing, and
+with freezing (its weight-only int8 pattern) and max_autotune's C++ GEMM templates, bf16 activations, 0.80-0.94x of
+the eager FBGEMM int8 step at batch 1 and 0.32x at batch 8 (one thread); bf16 (C++ GEMM templates) no faster than
+eager packed bf16. Compile time was 7-77 s per (rows, cache length) shape. The step's matrix products are already
+library kernels, so compiling can only win the rest of the step, and inductor's own int8 and fp32 products ran
+slower than FBGEMM's and MKL's here. (Another helper's benchmark shared the machine: ratios only.)
 """
 
 import copy
