@@ -5,9 +5,10 @@ save_pretrained export. Greedy; prompt of 16 tokens and 128 new ones at batch 1 
 time to first token for a 512-token prompt. Each round runs every method once, in turn, so a busy machine slows
 them alike; a method's speed-up is the median over rounds of its per-round ratio to transformers (each round's
 runs are seconds apart, so they share the machine's state), far steadier than a ratio of medians.
-Two lines give bounds on batch-1 decoding, measured here in the same process: bytes read per step over the
-bandwidth of a plain sum, and the step's 49 matrix products alone with gptcore's own layers and kernels. A last
-line checks issue 13's goals.
+Lines give bounds on batch-1 decoding, measured here in the same process: bytes read per step over the bandwidth
+of a plain sum; the step's 49 matrix products alone with gptcore's own layers and kernels (also on one torch
+thread; a row runs the int8 engine on one thread too, to show whether --threads pays); and its fp32 products with
+our weight layout against transformers'. A last line checks issue 13's goals.
 
     python bench/bench_generate.py [--rounds 3] [--threads 2] [--no-save]
 
@@ -42,6 +43,16 @@ def run_ours(engine, prompts, new):
     for events in engine.run([Request(p, new, do_sample=False, stop_token=None) for p in prompts]):
         ids += [e.token for e in events if e.index == 0]
     return time.perf_counter() - start, ids
+
+
+def on_one_thread(run, *args):
+    """run(*args) with torch on one thread, then back to the threads it had."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run(*args)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run_model_generate(model, prompts, new):
@@ -116,6 +127,31 @@ def products_bound(model, engine, rounds: int = 5) -> float:
     return 1 / statistics.median(times[1:])
 
 
+def fp32_layouts_bound(model, rounds: int = 5) -> tuple[float, float]:
+    """tok/s of a batch-1 decode step's 49 fp32 products alone, (F.linear on our (out, in) weights, addmm on (in, out)
+    copies: transformers' Conv1D layout), timed in alternation; medians. On one thread, with another process on the
+    other core, the (in, out) layout ran 1.16x faster (batch 8: 1.29x): a lead for the fp32 default, not yet used
+    (it would cost the engine a transposed copy of the weights)."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    ours = [(torch.randn(1, m.in_features), m.weight.detach(), m.bias) for m in linears]
+    theirs = [(x, w.t().contiguous(), b) for x, w, b in ours]
+    times = {"ours": [], "theirs": []}
+    with torch.inference_mode():
+        for _ in range(rounds + 1):
+            start = time.perf_counter()
+            for x, w, b in ours:
+                torch.nn.functional.linear(x, w, b)
+            times["ours"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for x, w, b in theirs:
+                if b is None:
+                    torch.mm(x, w)
+                else:
+                    torch.addmm(b, x, w)
+            times["theirs"].append(time.perf_counter() - start)
+    return tuple(1 / statistics.median(times[k][1:]) for k in ("ours", "theirs"))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every method (default: 3)")
@@ -152,6 +188,8 @@ def main():
         f"gptcore Generator, int8 weights ({name(int8)} activations)": lambda p, n: run_ours(int8, p, n),
         "gptcore model.generate, no preparation": lambda p, n: run_model_generate(model, p, n),
         "gptcore Generator, float32": lambda p, n: run_ours(fp32, p, n),
+        # int8 weights fit this Xeon's 300 MB cache, so a second thread may not pay for its sync: measured, not assumed
+        "gptcore Generator, int8 weights, 1 torch thread": lambda p, n: on_one_thread(run_ours, int8, p, n),
         "CTranslate2 float32": lambda p, n: run_ct2(ct2["float32"], p, n),
         "CTranslate2 int8": lambda p, n: run_ct2(ct2["int8"], p, n),
     }
@@ -175,6 +213,8 @@ def main():
     load_after = os.getloadavg()[0]
     bandwidth = stream_bandwidth()
     kernels_alone = {e: products_bound(model, e) for e in (default, int8)}
+    one_thread = {e: on_one_thread(products_bound, model, e) for e in (default, int8)}
+    layouts = fp32_layouts_bound(model)
 
     hf_name = next(iter(methods))
     ratio = lambda m, what: statistics.median(h / o for h, o in zip(seconds[hf_name, what], seconds[m, what]))  # noqa: E731
@@ -216,8 +256,11 @@ def main():
         f"bandwidth of a plain sum here ({bandwidth / 1e9:.1f} GB/s): {bound}",
         f"bound, batch-1 decode tok/s if every step only ran its 49 matrix products with gptcore's own layers and "
         f"kernels (the rest of the step costing nothing): default {kernels_alone[default]:.0f}, int8 "
-        f"{kernels_alone[int8]:.0f} (kernel: {cpu_kernels.int8_decode_kernel('cpu', int8.dtype)}); CTranslate2 int8's "
-        f"whole steps ran {NEW_TOKENS / statistics.median(seconds['CTranslate2 int8', 1]):.0f}",
+        f"{kernels_alone[int8]:.0f} (kernel: {cpu_kernels.int8_decode_kernel('cpu', int8.dtype)}); on 1 torch thread: "
+        f"default {one_thread[default]:.0f}, int8 {one_thread[int8]:.0f}; CTranslate2 int8's whole steps ran "
+        f"{NEW_TOKENS / statistics.median(seconds['CTranslate2 int8', 1]):.0f}",
+        f"bound, fp32 products alone: F.linear on (out, in) weights {layouts[0]:.0f} tok/s, addmm on (in, out) weights "
+        f"(transformers' layout) {layouts[1]:.0f}",
         goal_line,
     ]
     header = ("| method | batch 1 tok/s | vs transformers | batch 8 tok/s (aggregate) | vs transformers "

@@ -76,6 +76,36 @@ def test_int8_linear_matches_float64_dequantized_product(monkeypatch, kernel, dt
     assert ((layer(x.to(dtype)).double() - want).abs().max() / want.abs().max()).item() < TOLERANCE[kernel, dtype]
 
 
+def test_int8_layer_sends_few_rows_to_the_decode_kernel_and_many_to_the_converted_product(monkeypatch):
+    """Int8Linear's own shortcut to FBGEMM for a decode step's rows must give what int8_linear gives: the dynamic
+    kernel's product up to FEW_ROWS rows, the converted one above."""
+    if not cpu_kernels.dynamic_int8_works():
+        pytest.skip("this CPU/torch build has no FBGEMM dynamic int8 kernel")
+    monkeypatch.setattr(cpu_kernels, "int8_decode_kernel", lambda device_type, dtype: "dynamic")
+    gen = torch.Generator().manual_seed(2)
+    layer = Int8Linear.from_linear(nn.Linear(64, 48))
+    w, scales, bias = layer.weight, layer.scales, layer.bias
+    packed = cpu_kernels.pack_int8(w, scales, bias)
+    for rows, kernel in [(1, "dynamic"), (cpu_kernels.FEW_ROWS, "dynamic"), (cpu_kernels.FEW_ROWS + 1, "converted")]:
+        x = torch.randn(rows, 64, generator=gen)
+        want = cpu_kernels.int8_linear(x, w, scales, bias, packed=packed, kernel=kernel)
+        assert torch.equal(layer(x), want), (rows, kernel)
+
+
+@pytest.mark.parametrize("helps", [True, False])
+def test_int8_engine_takes_bf16_activations_where_bf16_helps_and_an_int8_kernel_takes_them(monkeypatch, helps):
+    """int8's default activations: bf16 where bf16 matmuls are faster (a prefill's products, attention) unless only
+    the converted product takes bf16 (it would convert every weight at every decode step); else fp32."""
+    from gptcore import device
+    monkeypatch.setattr(device, "bf16_helps", lambda dev: helps)
+    model = strong_tiny_model()
+    for kernel in cpu_kernels.INT8_KERNELS:
+        monkeypatch.setattr(cpu_kernels, "int8_decode_kernel", lambda device_type, dtype, kernel=kernel: kernel)
+        want = torch.bfloat16 if helps and kernel != "converted" else torch.float32
+        assert Generator(model, quantize="int8").dtype == want, kernel
+    assert Generator(model, quantize="int8", dtype="float32").dtype == torch.float32  # asked for: as asked
+
+
 def test_int8_decode_kernel_is_one_that_works_here():
     for dtype in (torch.float32, torch.bfloat16):
         kernel = cpu_kernels.int8_decode_kernel("cpu", dtype)
@@ -132,7 +162,7 @@ def test_engine_generates_the_same_on_both_paths(monkeypatch):
     assert runs["fast"] == runs["fallback"]  # packed bf16 is bit-identical to F.linear
 
 
-@pytest.mark.parametrize("kernel, dtype", [("dynamic", "float32"), ("weight_only", "bfloat16"),
+@pytest.mark.parametrize("kernel, dtype", [("dynamic", "float32"), ("dynamic", "bfloat16"), ("weight_only", "bfloat16"),
                                            ("converted", "float32"), ("converted", "bfloat16")])
 def test_int8_engine_on_every_kernel_follows_float64_int8(monkeypatch, kernel, dtype):
     """The reference: the same int8 weights in float64 arithmetic, recomputing the window (the engine's policy) at
@@ -171,13 +201,14 @@ def head_logits(model, idx):
 
 # root-mean-square difference and largest difference over the logits' standard deviation, and the share of
 # positions whose top token agrees (measured on this random-init model: weight_only/converted 2.5% fp32, 2.9% bf16,
-# largest 13-15%, all agree; dynamic, which also rounds activations to 8 bits, 5.6%, largest 30%, 15 of 16 agree;
-# bf16 alone, unquantized, is 1.2%)
+# largest 13-15%, all agree; dynamic, which also rounds activations to 8 bits, 5.6%, largest 30%, 15 of 16 agree,
+# and with bf16 activations 5.8%, largest 30%, all agree; bf16 alone, unquantized, is 1.2%)
 LOGIT_TOLERANCE = {"dynamic": (0.08, 0.5, 0.85), "weight_only": (0.04, 0.25, 0.9), "converted": (0.04, 0.25, 0.9)}
 
 
-@pytest.mark.parametrize("kernel, dtype", [("dynamic", torch.float32), ("weight_only", torch.bfloat16),
-                                           ("converted", torch.float32), ("converted", torch.bfloat16)])
+@pytest.mark.parametrize("kernel, dtype", [("dynamic", torch.float32), ("dynamic", torch.bfloat16),
+                                           ("weight_only", torch.bfloat16), ("converted", torch.float32),
+                                           ("converted", torch.bfloat16)])
 def test_int8_logits_of_gpt2_124m_stay_close_to_fp32(monkeypatch, kernel, dtype):
     """Stated tolerance (LOGIT_TOLERANCE), on a random-init GPT-2 124M with int8 layers (head included;
     activations in fp32 or bf16), against fp32."""

@@ -21,6 +21,17 @@ Weights. The engine runs the model itself when it is already in the requested dt
 otherwise it keeps its own inference copy (converted to dtype, packed for oneDNN on CPUs, or int8), rebuilt
 whenever the model's parameters change, so it never samples from stale weights. The engine imports nothing from
 gptcore.model: it needs only model.config and forward(idx, cache=...).
+
+Compiled decode (gpt-fast's torch.compile of a step with static shapes: a fixed-size cache, tensor positions, a mask
+buffer) was measured and is not used: it was slower, or no faster, on every path. GPT-2 124M on an Intel Xeon with
+AMX (2 cores, torch 2.13, inductor's C++ backend), the compiled step against the eager one in one process,
+interleaved, medians of ms per step: fp32 0.82x at batch 1 (0.83x with freezing; 0.47x at batch 8, on one thread);
+int8 written in plain PyTorch so inductor could fuse the dequantization, 0.27x of eager fp32 without freezing, and
+with freezing (its weight-only int8 pattern) and max_autotune's C++ GEMM templates, bf16 activations, 0.80-0.94x of
+the eager FBGEMM int8 step at batch 1 and 0.32x at batch 8 (one thread); bf16 (C++ GEMM templates) no faster than
+eager packed bf16. Compile time was 7-77 s per (rows, cache length) shape. The step's matrix products are already
+library kernels, so compiling can only win the rest of the step, and inductor's own int8 and fp32 products ran
+slower than FBGEMM's and MKL's here. (Another helper's benchmark shared the machine: ratios only.)
 """
 
 import copy
@@ -141,13 +152,18 @@ class Generator:
         self._caches = []  # caches no run is using; a run takes one and gives it back
 
     def _has_bf16_kernel(self, quantize) -> bool:
-        """Whether this device has a kernel that streams bf16 weights (or int8 ones with bf16 activations) faster
-        than the float32 path, measured."""
+        """Whether this device has a kernel that streams bf16 weights faster than the float32 path, measured; with
+        int8 weights, whether a decode step with bf16 activations has an int8 kernel of its own.
+
+        int8 weights take bf16 activations where bf16 matmuls are faster (generation_dtype checks that): a decode
+        step costs the same (FBGEMM's kernel converts its input to fp32 and back, ~1 us a product), while a prefill's
+        products and attention run in bf16. On the project's Xeon with AMX (1 thread, interleaved, medians), int8
+        with bf16 activations took 0.61x the time to first token of a 512-token prompt and decoded as fast (1.04x
+        at batch 1, 0.99x at batch 8) as with fp32 activations."""
         if self.device.type != "cpu":
             return True
-        if quantize == "int8":  # FBGEMM's int8 kernel, where it wins, takes float32 activations
-            return (cpu_kernels.int8_decode_kernel("cpu", torch.float32) != "dynamic"
-                    and cpu_kernels.int8_mm_works("cpu", torch.bfloat16))
+        if quantize == "int8":  # "converted" would convert the whole weight for every decode step
+            return cpu_kernels.int8_decode_kernel("cpu", torch.bfloat16) != "converted"
         return cpu_kernels.packed_bf16_decodes_faster()
 
     @property
