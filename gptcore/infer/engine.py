@@ -31,7 +31,7 @@ with freezing (its weight-only int8 pattern) and max_autotune's C++ GEMM templat
 the eager FBGEMM int8 step at batch 1 and 0.32x at batch 8 (one thread); bf16 (C++ GEMM templates) no faster than
 eager packed bf16. Compile time was 7-77 s per (rows, cache length) shape. The step's matrix products are already
 library kernels, so compiling can only win the rest of the step, and inductor's own int8 and fp32 products ran
-slower than FBGEMM's and MKL's here. (Another helper's benchmark shared the machine: ratios only.)
+slower than FBGEMM's and MKL's here. (Measured while another process shared the cores: ratios only.)
 """
 
 import copy
