@@ -31,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.common import report  # noqa: E402
-from gptcore.serve.batcher import MAX_BATCH  # noqa: E402
+from gptcore.serve.batcher import MAX_BATCH, default_threads  # noqa: E402
 
 CONCURRENCY = (1, 4, 16)
 PROMPT = "The history of the"
@@ -44,6 +44,8 @@ def parse_args():
     parser.add_argument("--max-tokens", type=int, default=64, help="completion tokens per request")
     parser.add_argument("--max-requests", type=int, default=1000, help="cap on requests per client per round")
     parser.add_argument("--max-batch", type=int, default=MAX_BATCH, help="serve.py --max-batch")
+    parser.add_argument("--threads", type=int, default=default_threads(),
+                        help="serve.py --threads (default: serve.py's, all cores but one)")
     parser.add_argument("--checkpoint", help="serve.py --checkpoint (default: the committed checkpoint)")
     parser.add_argument("--dtype", default="auto", help="serve.py --dtype")
     parser.add_argument("--no-save", action="store_true", help="print the table without appending to RESULTS.md")
@@ -58,7 +60,8 @@ def free_port() -> int:
 
 def start_server(args, port: int) -> subprocess.Popen:
     cmd = [sys.executable, os.path.join(ROOT, "serve.py"), "--port", str(port), "--dtype", args.dtype,
-           "--max-batch", str(args.max_batch), "--max-queue", str(4 * max(CONCURRENCY))]
+           "--max-batch", str(args.max_batch), "--threads", str(args.threads),
+           "--max-queue", str(4 * max(CONCURRENCY))]
     if args.checkpoint:
         cmd += ["--checkpoint", args.checkpoint]
     # the server logs a line per request: into a file, since a pipe nobody drains fills up and blocks the server
@@ -209,8 +212,8 @@ def main():
     met = speedup[4] >= 2.5 and all(not result["errors"] for c in CONCURRENCY for result in rounds[c])
     details = [f"CPU flags: {cpu_flags()}",
                f"serve.py on the {'committed checkpoint' if not args.checkpoint else args.checkpoint} as '{model}', "
-               f"--dtype {args.dtype}, --max-batch {args.max_batch}; clients: threads reading the SSE stream, "
-               f"streaming, max_tokens {args.max_tokens}, temperature 1",
+               f"--dtype {args.dtype}, --max-batch {args.max_batch}, --threads {args.threads}; clients: threads "
+               f"reading the SSE stream, streaming, max_tokens {args.max_tokens}, temperature 1",
                f"{args.seconds:g} s per concurrency in {args.rounds} interleaved rounds; load average (1 min) "
                f"{load_before:.2f} before, {load_after:.2f} after (other processes share these cores)",
                f"goal, 4 clients >= 2.5x one client's tok/s with 0 errors: {'met' if met else 'NOT met'}"]
