@@ -75,7 +75,7 @@ def create_app(scheduler: Scheduler, model_name: str, api_key: str | None = None
         return await api_error(request, APIError(500, "internal server error; see the server log",
                                                  type="server_error"))
 
-    def authorize(request: Request):
+    async def authorize(request: Request):  # async: a plain def would run in a thread pool, a hop per request
         if api_key is None:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
