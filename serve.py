@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 
+import torch
 import uvicorn
 
 from gptcore.checkpoint import load_model
@@ -19,7 +20,7 @@ from gptcore.errors import GPTCoreError
 from gptcore.infer import Generator
 from gptcore.infer.engine import QUANTIZE
 from gptcore.serve.app import DEFAULT_TIMEOUT, create_app
-from gptcore.serve.batcher import MAX_BATCH, MAX_QUEUE, Scheduler
+from gptcore.serve.batcher import MAX_BATCH, MAX_QUEUE, Scheduler, default_threads
 
 COMMITTED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoint")
 
@@ -44,11 +45,16 @@ def parse_args(argv=None):
                         help=f"rows waiting beyond a full batch before requests get 503 (default: {MAX_QUEUE})")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                         help=f"seconds a request may take, queue included, before a 504 (default: {DEFAULT_TIMEOUT:g})")
+    parser.add_argument("--threads", type=int, default=default_threads(),
+                        help="torch threads for the model's math (default: all cores but one, left to the HTTP side: "
+                             f"{default_threads()} here)")
     args = parser.parse_args(argv)
     if args.max_batch < 1:
         raise GPTCoreError(f"--max-batch must be >= 1, got {args.max_batch}")
     if args.max_queue < 0:
         raise GPTCoreError(f"--max-queue must be >= 0, got {args.max_queue}")
+    if args.threads < 1:
+        raise GPTCoreError(f"--threads must be >= 1, got {args.threads}")
     if not args.timeout > 0:
         raise GPTCoreError(f"--timeout must be > 0 seconds, got {args.timeout}")
     if not 0 <= args.port < 65536:
@@ -66,6 +72,7 @@ def model_name(source: str | None) -> str:
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)  # before the engine measures its fastest dtype, which depends on it
     model, tokenizer, source = load_model(args.checkpoint, args.pretrained, COMMITTED_DIR)
     model = model.to(args.device or default_device()).requires_grad_(False)  # served, never trained
     engine = Generator(model, tokenizer, dtype=None if args.dtype == "auto" else args.dtype, quantize=args.quantize)

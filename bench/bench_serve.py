@@ -10,7 +10,12 @@ wall time; the median round), p50/p99 time to the first streamed token, errors, 
 neither answered nor failed: must be 0). The speed-up of 4 clients over 1 is the median of per-round ratios; the
 goal is >= 2.5x with 0 errors. Bounded: at most --max-requests per client per round, and a 120 s client timeout.
 
-    python bench/bench_serve.py [--seconds 30] [--rounds 3] [--max-tokens 64] [--checkpoint PATH] [--no-save]
+The peer is the engine itself: after each round, while the server idles, this process drives Generator.batch (serve.py's
+threads and dtype) with as many rows as the server decoded for each concurrency, on the same requests, with no HTTP.
+Its ratio is what the server's would be if HTTP, JSON and the hand-over between threads cost nothing.
+
+    python bench/bench_serve.py [--seconds 30] [--rounds 3] [--max-tokens 64] [--threads N] [--checkpoint PATH]
+                                [--no-save]
 """
 
 import argparse
@@ -27,14 +32,19 @@ import threading
 import time
 import urllib.request
 
+import torch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.common import report  # noqa: E402
-from gptcore.serve.batcher import MAX_BATCH  # noqa: E402
+from gptcore.checkpoint import load_model  # noqa: E402
+from gptcore.infer import Generator, Request  # noqa: E402
+from gptcore.serve.batcher import MAX_BATCH, default_threads  # noqa: E402
 
 CONCURRENCY = (1, 4, 16)
 PROMPT = "The history of the"
+ENGINE_SECONDS = 3.0  # per concurrency and round, for the engine-alone reference
 
 
 def parse_args():
@@ -44,6 +54,8 @@ def parse_args():
     parser.add_argument("--max-tokens", type=int, default=64, help="completion tokens per request")
     parser.add_argument("--max-requests", type=int, default=1000, help="cap on requests per client per round")
     parser.add_argument("--max-batch", type=int, default=MAX_BATCH, help="serve.py --max-batch")
+    parser.add_argument("--threads", type=int, default=default_threads(),
+                        help="serve.py --threads (default: serve.py's, all cores but one)")
     parser.add_argument("--checkpoint", help="serve.py --checkpoint (default: the committed checkpoint)")
     parser.add_argument("--dtype", default="auto", help="serve.py --dtype")
     parser.add_argument("--no-save", action="store_true", help="print the table without appending to RESULTS.md")
@@ -58,7 +70,8 @@ def free_port() -> int:
 
 def start_server(args, port: int) -> subprocess.Popen:
     cmd = [sys.executable, os.path.join(ROOT, "serve.py"), "--port", str(port), "--dtype", args.dtype,
-           "--max-batch", str(args.max_batch), "--max-queue", str(4 * max(CONCURRENCY))]
+           "--max-batch", str(args.max_batch), "--threads", str(args.threads),
+           "--max-queue", str(4 * max(CONCURRENCY))]
     if args.checkpoint:
         cmd += ["--checkpoint", args.checkpoint]
     # the server logs a line per request: into a file, since a pipe nobody drains fills up and blocks the server
@@ -153,6 +166,27 @@ def one_round(port: int, model: str, clients: int, seconds: float, args) -> dict
     return stats
 
 
+def engine_alone(engine: Generator, clients: int, seconds: float, args) -> float:
+    """The engine by itself, in this process, on the clients' workload: min(clients, --max-batch) rows of the same
+    request (prompt, max_tokens, temperature 1), each started again as it finishes, prefill included, as the server
+    does for clients that send one request after the other -> completion tok/s. The server's ratio over 1 client
+    can't beat this one's: what the server adds is HTTP, JSON and the hand-over between threads."""
+    ids = engine.tokenizer.encode(PROMPT)
+    new = lambda: Request(list(ids), args.max_tokens, temperature=1.0)  # noqa: E731
+    tokens = 0
+    with engine.batch(args.max_batch) as batch:
+        for _ in range(min(clients, args.max_batch)):
+            batch.add(new())
+        start = time.perf_counter()
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for event in batch.step():
+                tokens += event.token is not None
+                if event.finish_reason:
+                    batch.add(new())
+        return tokens / (time.perf_counter() - start)
+
+
 def percentile(values, q):
     values = sorted(values)
     return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
@@ -175,6 +209,12 @@ def main():
     proc = start_server(args, port)
     try:
         model = wait_until_up(port, proc)
+        # the engine-alone reference, as serve.py makes it: its threads, its dtype, the same checkpoint
+        torch.set_num_threads(args.threads)
+        net, tokenizer, _ = load_model(args.checkpoint, None, os.path.join(ROOT, "checkpoint"))
+        engine = Generator(net.requires_grad_(False), tokenizer, dtype=None if args.dtype == "auto" else args.dtype)
+        engine_alone(engine, 4, 1.0, args)  # warm-up
+        alone = {c: [] for c in CONCURRENCY}
         one_round(port, model, 2, 1.0, args)  # warm-up: the engine's first batches, the clients' connections
         load_before = os.getloadavg()[0]
         rounds = {c: [] for c in CONCURRENCY}
@@ -186,6 +226,8 @@ def main():
                 rounds[c].append(result)
                 print(f"round {r + 1}/{args.rounds}, {c} clients: {result['tokens'] / result['wall']:.1f} tok/s, "
                       f"{len(result['errors'])} errors", file=sys.stderr)
+            for c in CONCURRENCY:  # the server idles meanwhile
+                alone[c].append(engine_alone(engine, c, ENGINE_SECONDS, args))
         load_after = os.getloadavg()[0]
     finally:
         proc.terminate()
@@ -195,6 +237,7 @@ def main():
     speedup = {c: statistics.median(rounds[c][i]["tokens"] / rounds[c][i]["wall"] /
                                     (rounds[1][i]["tokens"] / rounds[1][i]["wall"]) for i in range(args.rounds))
                for c in CONCURRENCY}
+    alone_speedup = {c: statistics.median(alone[c][i] / alone[1][i] for i in range(args.rounds)) for c in CONCURRENCY}
     for c in CONCURRENCY:
         ttft = [t for result in rounds[c] for t in result["ttft"] if t is not None]
         errors = sum(len(result["errors"]) for result in rounds[c])
@@ -203,23 +246,28 @@ def main():
         tok_s = statistics.median(result["tokens"] / result["wall"] for result in rounds[c])
         steps = sum((result["steps"] for result in rounds[c]), collections.Counter())
         rows_per_step = sum(k * v for k, v in steps.items()) / max(1, sum(steps.values()))
-        rows.append(f"| {c} | {requests} | {tok_s:.1f} | {speedup[c]:.2f}x | {percentile(ttft, 50) * 1e3:.0f} | "
-                    f"{percentile(ttft, 99) * 1e3:.0f} | {rows_per_step:.1f} | {errors} | {lost} |")
+        rows.append(f"| {c} | {requests} | {tok_s:.1f} | {speedup[c]:.2f}x | {statistics.median(alone[c]):.1f} | "
+                    f"{alone_speedup[c]:.2f}x | {percentile(ttft, 50) * 1e3:.0f} | {percentile(ttft, 99) * 1e3:.0f} | "
+                    f"{rows_per_step:.1f} | {errors} | {lost} |")
     first_errors = [e for c in CONCURRENCY for result in rounds[c] for e in result["errors"]][:3]
     met = speedup[4] >= 2.5 and all(not result["errors"] for c in CONCURRENCY for result in rounds[c])
     details = [f"CPU flags: {cpu_flags()}",
                f"serve.py on the {'committed checkpoint' if not args.checkpoint else args.checkpoint} as '{model}', "
-               f"--dtype {args.dtype}, --max-batch {args.max_batch}; clients: threads reading the SSE stream, "
-               f"streaming, max_tokens {args.max_tokens}, temperature 1",
+               f"--dtype {args.dtype}, --max-batch {args.max_batch}, --threads {args.threads}; clients: threads "
+               f"reading the SSE stream, streaming, max_tokens {args.max_tokens}, temperature 1",
                f"{args.seconds:g} s per concurrency in {args.rounds} interleaved rounds; load average (1 min) "
                f"{load_before:.2f} before, {load_after:.2f} after (other processes share these cores)",
+               f"engine alone: this process drives Generator.batch with min(clients, --max-batch) rows of the same "
+               f"requests, each restarted as it finishes, for {ENGINE_SECONDS:g} s per concurrency and round while "
+               "the server idles (no HTTP): the ceiling of the server's ratio",
                f"goal, 4 clients >= 2.5x one client's tok/s with 0 errors: {'met' if met else 'NOT met'}"]
     if first_errors:
         details.append("first errors: " + "; ".join(first_errors))
     table = "\n".join([
         "| clients | requests | aggregate tok/s (median round) | vs 1 client (median of per-round ratios) | "
-        "TTFT p50, ms | TTFT p99, ms | rows per step (mean) | errors | lost |",
-        "|---|---|---|---|---|---|---|---|---|", *rows])
+        "engine alone, tok/s | engine alone, vs 1 row | TTFT p50, ms | TTFT p99, ms | rows per step (mean) | errors | "
+        "lost |",
+        "|---|---|---|---|---|---|---|---|---|---|---|", *rows])
     report("bench_serve.py: serve.py under 1, 4 and 16 concurrent streaming clients", details, table,
            save=not args.no_save)
 

@@ -361,7 +361,8 @@ def test_serve_greedy_equals_sample_py_on_the_committed_checkpoint(capsys):
 def test_serve_flags_fail_with_one_line(capsys):
     serve = script("serve.py")
     for argv, needle in [(["--max-batch", "0"], "--max-batch"), (["--max-queue", "-1"], "--max-queue"),
-                         (["--timeout", "0"], "--timeout"), (["--port", "70000"], "--port"),
+                         (["--timeout", "0"], "--timeout"), (["--threads", "0"], "--threads"),
+                         (["--port", "70000"], "--port"),
                          (["--checkpoint", "/nonexistent/x.pt"], "/nonexistent/x.pt")]:
         with pytest.raises(GPTCoreError, match=needle):
             serve.main(argv)

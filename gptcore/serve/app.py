@@ -17,6 +17,7 @@ to the first token and the completion tokens per second of the whole request.
 """
 
 import asyncio
+import collections
 import hmac
 import json
 import logging
@@ -74,7 +75,7 @@ def create_app(scheduler: Scheduler, model_name: str, api_key: str | None = None
         return await api_error(request, APIError(500, "internal server error; see the server log",
                                                  type="server_error"))
 
-    def authorize(request: Request):
+    async def authorize(request: Request):  # async: a plain def would run in a thread pool, a hop per request
         if api_key is None:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -182,10 +183,11 @@ def make_rows(req, prompts, max_tokens, stop, rows_param, scheduler) -> list[Row
             for ids in prompts for j in range(req.n)]
 
 
-def sse(chunks) -> StreamingResponse:
+def sse(batches) -> StreamingResponse:
+    """Server-sent events from lists of JSON chunks: each list goes out in one write."""
     async def lines():
-        async for chunk in chunks:
-            yield f"data: {chunk}\n\n"
+        async for chunks in batches:
+            yield "".join(f"data: {chunk}\n\n" for chunk in chunks)
         yield "data: [DONE]\n\n"
     return StreamingResponse(lines(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
@@ -204,7 +206,9 @@ class Job:
         self.timeout = timeout
         self.stats = request.state.stats = {"prompt": prompt_tokens, "completion": 0, "ttft": None}
         self.loop = asyncio.get_running_loop()
-        self.queue = asyncio.Queue()
+        self.arrived = collections.deque()  # (row index, event) pairs the worker handed over, not yet read
+        self.wake = None  # the future events() awaits while nothing has arrived
+        self.expired = False
         self.deadline = self.loop.time() + timeout
         try:
             self.ticket = scheduler.submit(rows, self._on_events)
@@ -213,49 +217,59 @@ class Job:
 
     def _on_events(self, items):  # on the worker thread: one step's (index, event) pairs of this request's rows
         try:
-            self.loop.call_soon_threadsafe(self._put_all, items)
+            self.loop.call_soon_threadsafe(self._arrive, items)
         except RuntimeError:  # the event loop has closed: the server is shutting down
             pass
 
-    def _put_all(self, items):
-        for item in items:
-            self.queue.put_nowait(item)
+    def _arrive(self, items):  # on the event loop
+        self.arrived.extend(items)
+        self._wake_up()
+
+    def _expire(self):
+        self.expired = True
+        self._wake_up()
+
+    def _wake_up(self):
+        if self.wake is not None and not self.wake.done():
+            self.wake.set_result(None)
 
     async def events(self):
-        """(row index, Event) until every row has finished; raises APIError past the timeout or if the engine
-        failed. Leaving early, for whatever reason, cancels the rows still running."""
+        """Lists of (row index, Event), each list all that arrived since the last, until every row has finished;
+        raises APIError past the timeout or if the engine failed. Leaving early, for whatever reason, cancels the
+        rows still running. One plain future and one timer per request, not a task per token: with four clients,
+        the event loop's work per token is on the decode's critical path."""
         left = len(self.rows)
+        timer = self.loop.call_at(self.deadline, self._expire)
         try:
             while left:
-                index, event = await self._next_event()
-                if isinstance(event, Exception):
-                    raise APIError(500, "the engine failed on this request; see the server log", type="server_error")
-                if event.token is not None:
-                    if self.stats["ttft"] is None:
-                        self.stats["ttft"] = time.perf_counter() - self.request.state.start
-                    self.stats["completion"] += 1
-                left -= event.finish_reason is not None
-                yield index, event
+                if self.expired:
+                    self.stats["finish"] = "timeout"
+                    raise APIError(504, f"the request took longer than the server's timeout of {self.timeout:g} s; "
+                                        "ask for fewer tokens, or retry when the server is less busy",
+                                   type="server_error", code="timeout")
+                if not self.arrived:
+                    self.wake = self.loop.create_future()
+                    try:
+                        await self.wake
+                    except asyncio.CancelledError:  # the client left
+                        self.stats["finish"] = "disconnected"
+                        raise
+                    continue
+                items = list(self.arrived)
+                self.arrived.clear()
+                for index, event in items:
+                    if isinstance(event, Exception):
+                        raise APIError(500, "the engine failed on this request; see the server log",
+                                       type="server_error")
+                    if event.token is not None:
+                        if self.stats["ttft"] is None:
+                            self.stats["ttft"] = time.perf_counter() - self.request.state.start
+                        self.stats["completion"] += 1
+                    left -= event.finish_reason is not None
+                yield items
         finally:
+            timer.cancel()
             self.scheduler.cancel(self.ticket)
-
-    async def _next_event(self):
-        # asyncio.wait, not wait_for: on Python 3.10 and 3.11 wait_for can swallow a cancellation (the client
-        # left) that arrives together with an event, and the rows would run on for nobody
-        get = asyncio.ensure_future(self.queue.get())
-        try:
-            await asyncio.wait({get}, timeout=max(0.0, self.deadline - self.loop.time()))
-        except asyncio.CancelledError:
-            self.stats["finish"] = "disconnected"
-            raise
-        finally:
-            get.cancel()
-        if not get.done() or get.cancelled():
-            self.stats["finish"] = "timeout"
-            raise APIError(504, f"the request took longer than the server's timeout of {self.timeout:g} s; "
-                                "ask for fewer tokens, or retry when the server is less busy",
-                           type="server_error", code="timeout")
-        return get.result()
 
     async def finish(self, result):
         """Awaits a non-streamed result; a client that disconnects meanwhile cancels it (logged as status 499)."""
@@ -283,9 +297,10 @@ class Job:
     async def _texts(self, strip_leading: bool):
         """Each row's whole text and finish_reason."""
         texts, reasons = [""] * len(self.rows), [None] * len(self.rows)
-        async for index, event in self.events():
-            texts[index] += event.text
-            reasons[index] = event.finish_reason or reasons[index]
+        async for items in self.events():
+            for index, event in items:
+                texts[index] += event.text
+                reasons[index] = event.finish_reason or reasons[index]
         return [t.lstrip() if strip_leading else t for t in texts], reasons
 
     async def completion(self, model_name: str) -> dict:
@@ -308,17 +323,16 @@ class Job:
             chunk["usage"] = usage
         return json_text(chunk)
 
-    async def completion_chunks(self, model_name: str, req: CompletionRequest):
-        async for chunk in self._stream(model_name, req, "text_completion", self._completion_choice, False):
-            yield chunk
+    def completion_chunks(self, model_name: str, req: CompletionRequest):
+        return self._stream(model_name, req, "text_completion", self._completion_choice, False)
 
     async def chat_chunks(self, model_name: str, req: ChatRequest):
-        for i in range(len(self.rows)):  # OpenAI's first chunk of each choice names the role
-            yield self._chunk("chat.completion.chunk", model_name,
-                              [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                "finish_reason": None}])
-        async for chunk in self._stream(model_name, req, "chat.completion.chunk", self._chat_choice, True):
-            yield chunk
+        # OpenAI's first chunk of each choice names the role
+        yield [self._chunk("chat.completion.chunk", model_name,
+                           [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                             "finish_reason": None}]) for i in range(len(self.rows))]
+        async for chunks in self._stream(model_name, req, "chat.completion.chunk", self._chat_choice, True):
+            yield chunks
 
     @staticmethod
     def _completion_choice(index, text, finish_reason):
@@ -330,21 +344,26 @@ class Job:
                 "finish_reason": finish_reason}
 
     async def _stream(self, model_name, req, obj, choice, strip_leading: bool):
-        """One chunk per piece of text and one with each finish_reason; errors become an error chunk."""
+        """Lists of chunks, one list per batch of events: a chunk per piece of text and one with each
+        finish_reason; errors become an error chunk."""
         started = [not strip_leading] * len(self.rows)  # chat replies drop their leading whitespace
         try:
-            async for index, event in self.events():
-                text = event.text
-                if not started[index]:
-                    text = text.lstrip()
-                    started[index] = bool(text)
-                if text or event.finish_reason:
-                    yield self._chunk(obj, model_name, [choice(index, text, event.finish_reason)])
+            async for items in self.events():
+                chunks = []
+                for index, event in items:
+                    text = event.text
+                    if not started[index]:
+                        text = text.lstrip()
+                        started[index] = bool(text)
+                    if text or event.finish_reason:
+                        chunks.append(self._chunk(obj, model_name, [choice(index, text, event.finish_reason)]))
+                if chunks:
+                    yield chunks
         except APIError as e:
-            yield json_text(e.body())
+            yield [json_text(e.body())]
             return
         if req.stream_options and req.stream_options.include_usage:
-            yield self._chunk(obj, model_name, [], self.usage())
+            yield [self._chunk(obj, model_name, [], self.usage())]
 
 
 def json_text(obj) -> str:

@@ -17,12 +17,22 @@ The engine is used from the worker thread only; other threads touch nothing of i
 
 import collections
 import logging
+import os
 import threading
 
 from ..errors import GPTCoreError
 
 MAX_BATCH = 8  # rows decoded together; more rows per step is more tok/s in total until the device saturates
 MAX_QUEUE = 64  # rows waiting beyond a full batch before new requests are refused
+
+
+def default_threads() -> int:
+    """Torch threads for the engine: every core this process may run on but one, which is left to the HTTP side
+    (the event loop's JSON and socket writes, per token and per client). On two cores, a second torch thread made
+    the streamed tok/s worse, not better (bench_serve, 4 clients: 473-475 tok/s with 2 threads, 520-750 with 1): it
+    took the core the event loop needed."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores - 1)
 
 log = logging.getLogger("gptcore.serve")
 
