@@ -239,6 +239,14 @@ def test_temperature_zero_is_argmax_whatever_top_k_and_top_p():
         assert torch.equal(sample_next_token(logits, 0, top_k, top_p), logits.argmax(-1))
 
 
+def test_greedy_takes_the_first_of_tied_maxima_in_any_dtype_and_layout():
+    logits = torch.zeros(3, 10)
+    logits[0, [2, 5]] = 1
+    logits[1, [7, 9]] = 2  # row 2: all tied, so token 0
+    for x in (logits, logits.bfloat16(), logits.double(), logits.t().contiguous().t()):
+        assert sample_next_token(x, 0).tolist() == [2, 7, 0]
+
+
 def test_seeded_sampling_is_reproducible():
     model = tiny_model()
     idx = torch.tensor([[1, 2, 3]])

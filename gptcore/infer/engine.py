@@ -46,7 +46,7 @@ from ..errors import GPTCoreError
 from . import cpu_kernels
 from .cache import KVCache
 from .quantize import quantize_int8
-from .sampling import check_sampling, sample_next_token
+from .sampling import check_sampling, greedy_tokens, sample_next_token
 from .text import TextStream
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -277,7 +277,10 @@ class Generator:
     def _sample(self, rows: list[_Row], logits) -> list[int]:
         """logits (B, V) -> one token per row: a batched argmax for greedy rows, a draw with each row's settings
         and generator for the others."""
-        tokens = logits.float().argmax(dim=-1)
+        greedy = [i for i, row in enumerate(rows) if row.greedy]
+        tokens = torch.empty(len(rows), dtype=torch.long, device=logits.device)
+        if greedy:  # only greedy rows pay for an argmax over the vocabulary
+            tokens[greedy] = greedy_tokens(logits if len(greedy) == len(rows) else logits[greedy]).to(logits.device)
         for i, row in enumerate(rows):
             if not row.greedy:
                 r = row.request
