@@ -32,7 +32,8 @@ def parse_args(argv=None):
     source.add_argument("--pretrained", metavar="NAME_OR_DIR", help="OpenAI GPT-2 in the Hugging Face format")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                        help="auto: the fastest of float32 and bfloat16 here, measured once (bfloat16 on GPUs)")
+                        help="auto: the fastest of float32 and bfloat16 here for a full batch (--max-batch rows), measured "
+                             "once (bfloat16 on GPUs)")
     parser.add_argument("--quantize", choices=QUANTIZE, default=None,
                         help="int8: weight-only int8 (per-channel scales); slightly lossy (default: off)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
@@ -75,7 +76,9 @@ def main(argv=None):
     torch.set_num_threads(args.threads)  # before the engine measures its fastest dtype, which depends on it
     model, tokenizer, source = load_model(args.checkpoint, args.pretrained, COMMITTED_DIR)
     model = model.to(args.device or default_device()).requires_grad_(False)  # served, never trained
-    engine = Generator(model, tokenizer, dtype=None if args.dtype == "auto" else args.dtype, quantize=args.quantize)
+    # auto: the dtype that decodes a full batch fastest, since concurrent requests are what a server is for
+    engine = Generator(model, tokenizer, dtype=None if args.dtype == "auto" else args.dtype, quantize=args.quantize,
+                       rows=args.max_batch)
     app = create_app(Scheduler(engine, args.max_batch, args.max_queue), model_name(source), args.api_key,
                      args.timeout)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info")

@@ -212,7 +212,8 @@ def main():
         # the engine-alone reference, as serve.py makes it: its threads, its dtype, the same checkpoint
         torch.set_num_threads(args.threads)
         net, tokenizer, _ = load_model(args.checkpoint, None, os.path.join(ROOT, "checkpoint"))
-        engine = Generator(net.requires_grad_(False), tokenizer, dtype=None if args.dtype == "auto" else args.dtype)
+        engine = Generator(net.requires_grad_(False), tokenizer, dtype=None if args.dtype == "auto" else args.dtype,
+                           rows=args.max_batch)
         engine_alone(engine, 4, 1.0, args)  # warm-up
         alone = {c: [] for c in CONCURRENCY}
         one_round(port, model, 2, 1.0, args)  # warm-up: the engine's first batches, the clients' connections

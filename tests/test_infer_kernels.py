@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from gptcore import GPT, GPTConfig, Generator
+from gptcore import GPT, GPTConfig, GPTCoreError, Generator
 from gptcore.infer import cpu_kernels
 from gptcore.infer.quantize import Int8Linear, quantize_int8, quantize_weight
 
@@ -224,3 +224,25 @@ def test_int8_logits_of_gpt2_124m_stay_close_to_fp32(monkeypatch, kernel, dtype)
     assert (diff.pow(2).mean().sqrt() / want.std()).item() < rms
     assert (diff.abs().max() / want.std()).item() < largest
     assert (got.argmax(-1) == want.argmax(-1)).float().mean().item() >= agree
+
+
+def test_the_default_dtype_is_measured_at_the_rows_the_engine_will_run(monkeypatch):
+    """Generator(rows=N) times the packed bf16 kernel against fp32 at N rows (a server passes its batch size);
+    bf16 only where bf16 matmuls help at all."""
+    from gptcore import device
+    asked = []
+
+    def faster(rows=1):
+        asked.append(rows)
+        return rows >= 4  # as if bf16 won only from 4 rows on
+
+    monkeypatch.setattr(cpu_kernels, "packed_bf16_decodes_faster", faster)
+    monkeypatch.setattr(device, "bf16_helps", lambda dev: True)
+    model = strong_tiny_model()
+    assert Generator(model).dtype == torch.float32 and Generator(model, rows=8).dtype == torch.bfloat16
+    assert asked == [1, 8]
+    monkeypatch.setattr(device, "bf16_helps", lambda dev: False)
+    assert Generator(model, rows=8).dtype == torch.float32
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(GPTCoreError, match="rows must be an integer >= 1"):
+            Generator(model, rows=bad)

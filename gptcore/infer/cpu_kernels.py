@@ -144,9 +144,9 @@ def _decode_shapes(blocks: int) -> list[tuple[int, int]]:
 
 
 @functools.cache
-def packed_bf16_decodes_faster() -> bool:
-    """Whether a decode step's products (batch 1) run clearly faster with bf16 weights packed for oneDNN than with
-    fp32 weights through F.linear, timed once in alternation (device.fastest, about 1 s on a quiet machine).
+def packed_bf16_decodes_faster(rows: int = 1) -> bool:
+    """Whether a decode step's products, at `rows` rows, run clearly faster with bf16 weights packed for oneDNN than
+    with fp32 weights through F.linear, timed once in alternation (device.fastest, about 1 s on a quiet machine).
 
     bf16 halves the bytes to read, but a kernel must stream them well to gain: on an Intel Xeon with AMX (2 cores),
     oneDNN's bf16 matrix-vector product ran no faster than MKL's fp32 one, while bf16 matrix products ran ~2.6x
@@ -157,7 +157,8 @@ def packed_bf16_decodes_faster() -> bool:
     gen = torch.Generator().manual_seed(0)
     fp32, packed = [], []
     for out_features, in_features in _decode_shapes(12):
-        w, x = torch.randn(out_features, in_features, generator=gen) * 0.02, torch.randn(1, in_features, generator=gen)
+        w = torch.randn(out_features, in_features, generator=gen) * 0.02
+        x = torch.randn(rows, in_features, generator=gen)
         linear = nn.Linear(in_features, out_features, bias=False, device="meta")  # meta: no draw from the global RNG
         linear.weight = nn.Parameter(w.bfloat16(), requires_grad=False)
         fp32.append((x, w))
