@@ -32,8 +32,8 @@ def parse_args(argv=None):
     source.add_argument("--pretrained", metavar="NAME_OR_DIR", help="OpenAI GPT-2 in the Hugging Face format")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                        help="auto: the fastest of float32 and bfloat16 here for a full batch (--max-batch rows), measured "
-                             "once (bfloat16 on GPUs)")
+                        help="auto: the fastest of float32 and bfloat16 here for a full batch (--max-batch rows), "
+                             "measured once (bfloat16 on GPUs)")
     parser.add_argument("--quantize", choices=QUANTIZE, default=None,
                         help="int8: weight-only int8 (per-channel scales); slightly lossy (default: off)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
