@@ -64,9 +64,9 @@ def task_file(task: str, data_dir: str | None = None, verify: bool = True) -> st
         path = os.path.join(SHARED_DATA, spec.name)
     else:
         path = os.path.join(cache_dir(), spec.name)
-        if not os.path.isfile(path):
-            download(spec.url, path, spec.sha256, git_blob=spec.git_blob,
-                     hint=f"; offline, put {spec.name} in a folder and pass it as --data-dir")
+        if not os.path.isfile(path):  # a download is checked before it is kept
+            return download(spec.url, path, spec.sha256, git_blob=spec.git_blob,
+                            hint=f"; offline, put {spec.name} in a folder and pass it as --data-dir")
     if not verify:
         return path
     if not digest_ok(path, spec.sha256, spec.git_blob):

@@ -250,6 +250,11 @@ class Generator:
         if r.stop and self.tokenizer is None:
             raise GPTCoreError("stop strings need a tokenizer: Generator(model, tokenizer)")
 
+    def _positions(self, request: Request) -> int:
+        """Cache positions a request's row needs: its context (at most block_size) plus its new tokens, capped at
+        block_size (beyond it the window restarts, see the module doc)."""
+        return min(self.block_size, min(len(request.ids), self.block_size) + request.max_new_tokens)
+
     def _stop_token(self, request: Request):
         if request.stop_token != EOT:
             return request.stop_token
@@ -273,8 +278,7 @@ class Generator:
         return self._run(requests, generators)
 
     def _run(self, requests, generators):
-        block_size = self.block_size
-        max_len = max(min(block_size, min(len(r.ids), block_size) + r.max_new_tokens) for r in requests)
+        max_len = max(self._positions(r) for r in requests)
         with Batch(self, len(requests), max_len) as batch:
             for i, r in enumerate(requests):  # handles 0, 1, ...: each request's index in the list
                 batch.add(r, generators[i] if generators else None)
@@ -287,7 +291,7 @@ class Generator:
         greedy = [i for i, row in enumerate(rows) if row.greedy]
         tokens = torch.empty(len(rows), dtype=torch.long, device=logits.device)
         if greedy:  # only greedy rows pay for an argmax over the vocabulary
-            tokens[greedy] = greedy_tokens(logits if len(greedy) == len(rows) else logits[greedy]).to(logits.device)
+            tokens[greedy] = greedy_tokens(logits if len(greedy) == len(rows) else logits[greedy])
         for i, row in enumerate(rows):
             if not row.greedy:
                 r = row.request
@@ -418,7 +422,7 @@ class Batch:
         it instead of from request.seed. Raises GPTCoreError for a bad request or when no row is free."""
         engine = self.engine
         engine._check_request(request, "request")
-        needs = min(engine.block_size, min(len(request.ids), engine.block_size) + request.max_new_tokens)
+        needs = engine._positions(request)
         if needs > self.max_len:
             raise GPTCoreError(f"request: its prompt and max_new_tokens need {needs} positions and this batch's rows "
                                f"hold {self.max_len}; make the batch with a larger max_len")
