@@ -108,7 +108,9 @@ def test_hellaswag_matches_transformers(hf, ours):
             logprob, _ = hf_continuation(model, ctx, cont)
             sums.append(logprob)
             means.append(logprob / len(cont))
-        assert sample["sum_logprob"] == pytest.approx(sums, abs=TOL)
+        # sums of ~20 token log-probs near -200: each term carries the last-bit differences of two fp32
+        # implementations, so the sum's tolerance is relative (fp32's spacing at 200 is already 1.5e-5 > TOL)
+        assert sample["sum_logprob"] == pytest.approx(sums, rel=1e-6, abs=TOL)
         assert sample["pred"] == max(range(4), key=lambda i: sums[i])
         assert sample["pred_norm"] == max(range(4), key=lambda i: means[i])
         acc.append(sample["pred"] == item["label"])
