@@ -1,7 +1,8 @@
 """Sample text: `python sample.py [-p PROMPT] [-m MAX_TOKENS] [options]`.
 
 By default the model is the committed checkpoint in checkpoint/*.pt (next to this script); if there is none, an
-untrained GPT-2 124M, which says so on stderr. --checkpoint takes one of our .pt files or a training out dir
+untrained GPT-2 124M, which says so on stderr. Either way stderr names it, then lists the user's own training runs
+(under ./out and the repository's out/) with the command that samples the newest, or says how to make one. --checkpoint takes one of our .pt files or a training out dir
 (its newest checkpoint); --pretrained takes OpenAI's GPT-2 in the Hugging Face format (a folder, or a name online).
 The prompt is encoded with the model's own tokenizer; without one, sampling starts from <|endoftext|>.
 Generation stops at <|endoftext|> unless --no-stop is given. --num-samples are drawn together, in one batch (sample i
@@ -20,8 +21,12 @@ from gptcore.errors import GPTCoreError
 from gptcore.infer import Generator, Request
 from gptcore.infer.engine import EOT, QUANTIZE
 from gptcore.infer.sampling import check_sampling
+from gptcore.train.config import DEFAULT_PRESET, TRAIN_PRESETS
 
-COMMITTED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoint")
+ROOT = os.path.dirname(os.path.abspath(__file__))
+COMMITTED_DIR = os.path.join(ROOT, "checkpoint")
+# where a user's runs are: a relative --out-dir lands under the working directory, a preset's in the repository's
+RUN_FOLDERS = ("out", os.path.join(ROOT, "out"))
 SEPARATOR = "-" * 15
 MAX_SAMPLES = 1024  # every sample is decoded in one batch, with a KV cache each
 
@@ -68,7 +73,20 @@ def load_model(args):
     model, tokenizer, source = checkpoint.load_model(args.checkpoint, args.pretrained, COMMITTED_DIR)
     if source is not None:
         print(f"sampling from {source}", file=sys.stderr)
+    if args.checkpoint is None and args.pretrained is None:
+        print(own_runs_hint(), file=sys.stderr)
     return model, tokenizer
+
+
+def own_runs_hint(shown: int = 3) -> str:
+    """A line for someone sampling the default model: their own training runs and how to sample one, or, with no
+    run yet, how to make one."""
+    runs = [os.path.relpath(run) for run in checkpoint.runs_in(*RUN_FOLDERS)]  # relative, like train.py's paths
+    if runs:
+        more = f" and {len(runs) - shown} more" if len(runs) > shown else ""
+        return f"your runs: {', '.join(runs[:shown])}{more}; sample one with: python sample.py --checkpoint {runs[0]}"
+    default_run = os.path.relpath(os.path.join(ROOT, TRAIN_PRESETS[DEFAULT_PRESET]["out_dir"]))
+    return f"to sample a model of your own: python train.py, then python sample.py --checkpoint {default_run}"
 
 
 def main(argv=None):

@@ -16,10 +16,9 @@ import typing
 
 from gptcore.errors import GPTCoreError
 from gptcore.train import TRAIN_PRESETS, TrainConfig
-from gptcore.train.config import PRESET_TIMES, flat_fields
+from gptcore.train.config import DEFAULT_PRESET, PRESET_TIMES, flat_fields
 from gptcore.train.recipe import train
 
-DEFAULT_PRESET = "quickstart"
 ROOT = os.path.dirname(os.path.abspath(__file__))
 OLD_SPELLINGS = {"max_iters": "--max-steps", "warmup_iters": "--warmup-steps", "grad_norm_clip": "--grad-clip"}
 

@@ -62,6 +62,18 @@ def latest_checkpoint(path: str) -> str | None:
     return found[-1] if found else None
 
 
+def runs_in(*folders: str) -> list[str]:
+    """Training runs in folders (each folder itself, and each folder directly in it, that holds a checkpoint; a
+    run reached twice counts once), the one with the most recently written checkpoint first."""
+    newest = {}  # real path -> (the run as reached, its newest checkpoint)
+    for folder in folders:
+        if os.path.isdir(folder):
+            for d in [folder] + [os.path.join(folder, name) for name in sorted(os.listdir(folder))]:
+                if os.path.isdir(d) and (found := list_checkpoints(d)):
+                    newest.setdefault(os.path.realpath(d), (d, found[-1]))
+    return [d for d, ckpt in sorted(newest.values(), key=lambda run: os.path.getmtime(run[1]), reverse=True)]
+
+
 def prune_checkpoints(out_dir: str, keep: int):
     """Deletes all but the newest `keep` checkpoints."""
     for path in list_checkpoints(out_dir)[:-keep]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptcore.checkpoint import checkpoint_path, load_checkpoint, model_checkpoint, save_checkpoint
+from gptcore.checkpoint import checkpoint_path, load_checkpoint, model_checkpoint, runs_in, save_checkpoint
 from gptcore.errors import GPTCoreError
 from gptcore.model import GPT, GPTConfig
 from gptcore.tokenizer import CharTokenizer
@@ -112,3 +112,20 @@ def test_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, target):
     assert sorted(os.listdir(tmp_path)) == [os.path.basename(previous)]  # no temp file, no partial new checkpoint
     assert_same(load_checkpoint(str(tmp_path)), saved)
 
+
+
+def test_runs_in_finds_runs_newest_first_once_each(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    for name, mtime in [("old", 1_000), ("new", 3_000), ("middle", 2_000)]:
+        (out / name).mkdir(parents=True)
+        (out / name / "ckpt_0000001.pt").write_bytes(b"")  # runs_in reads names and times, not contents
+        os.utime(out / name / "ckpt_0000001.pt", (mtime, mtime))
+    (out / "notes").mkdir()  # no checkpoint: not a run
+    (out / "notes" / "model.pt").write_bytes(b"")
+    (out / "ckpt_0000002.pt").write_bytes(b"")  # a run written straight into out (--out-dir out)
+    os.utime(out / "ckpt_0000002.pt", (500, 500))
+    monkeypatch.chdir(tmp_path)
+    want = [str(out / "new"), str(out / "middle"), str(out / "old"), str(out)]
+    assert runs_in(str(out)) == want
+    assert runs_in(str(out), "out", str(tmp_path / "missing")) == want  # the same folder twice: each run once
+    assert runs_in(str(tmp_path / "missing")) == []

@@ -91,6 +91,16 @@ def test_the_closing_sample_command_works_and_names_its_checkpoint(elsewhere, fi
     assert f"sampling from out" in r.stderr
 
 
+def test_sampling_the_committed_model_points_to_the_users_run(elsewhere, first_run):
+    r = script("sample.py", "-m", "3", "--seed", "0", cwd=elsewhere)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert lines[0] == f"sampling from {ROOT / 'checkpoint' / 'quickstart.pt'}"
+    # the run just trained is the newest anywhere, so it comes first, and the command given for it works (above)
+    assert lines[1].startswith("your runs: out") and lines[1].endswith("sample one with: python sample.py "
+                                                                      "--checkpoint out"), lines[1]
+
+
 def test_a_run_at_max_steps_says_so(elsewhere, first_run):
     r = script("train.py", "--data", "data", "--out-dir", "out", *TINY, "--max-steps", "3", cwd=elsewhere)
     assert r.returncode == 0, r.stderr

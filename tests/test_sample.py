@@ -73,6 +73,25 @@ def test_default_dtype_is_the_engines_default(char_ckpt, capsys):
     assert f"sampling from {path}" in out.err
 
 
+def test_default_model_says_how_to_sample_your_own(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sample, "RUN_FOLDERS", ("out", str(tmp_path / "repo-out")))  # no runs anywhere
+    err = run_main(capsys, "-m", "2", "--seed", "0").err.splitlines()
+    assert err[0] == f"sampling from {ROOT / 'checkpoint' / 'quickstart.pt'}"
+    default_run = os.path.relpath(ROOT / "out" / "quickstart")  # the default preset's run, as train.py names it
+    assert err[1] == f"to sample a model of your own: python train.py, then python sample.py --checkpoint {default_run}"
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "ckpt_0000001.pt").write_bytes(b"")
+    assert run_main(capsys, "-m", "2", "--seed", "0").err.splitlines()[1] == \
+        "your runs: out; sample one with: python sample.py --checkpoint out"
+
+
+def test_a_chosen_model_gets_no_hint(char_ckpt, capsys):
+    path, _, _ = char_ckpt
+    assert run_main(capsys, "--checkpoint", str(path), "-m", "2", "--seed", "0").err.splitlines() == \
+        [f"sampling from {path}"]
+
+
 @pytest.mark.parametrize("flags, dtype, quantize", [(["--dtype", "bfloat16"], "bfloat16", None),
                                                     (["--quantize", "int8", "--dtype", "float32"], "float32", "int8")])
 def test_dtype_and_quantize_flags_reach_the_engine(char_ckpt, capsys, flags, dtype, quantize):
@@ -111,11 +130,13 @@ def test_default_picks_up_an_exported_bf16_checkpoint(tmp_path, monkeypatch, cap
 
 def test_no_committed_checkpoint_samples_untrained_gpt2_and_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sample, "COMMITTED_DIR", str(tmp_path / "none"))
+    monkeypatch.setattr(sample, "RUN_FOLDERS", (str(tmp_path / "out"),))
     out = run_main(capsys, "-p", "Hello", "-m", "3", "--seed", "0", "--no-stop", "--dtype", "float32")
     torch.manual_seed(0)
     model = GPT(GPTConfig()).eval()  # the same seed gives the same untrained weights
     assert out.out == expected(model, get_tokenizer("gpt2"), "Hello", 3, seed=0, stop=False)
-    assert "untrained" in out.err and len(out.err.strip().splitlines()) == 1
+    note, hint = out.err.strip().splitlines()
+    assert "untrained" in note and hint.startswith("to sample a model of your own: python train.py")
 
 
 def test_empty_prompt_starts_from_endoftext(char_ckpt, capsys):

@@ -178,6 +178,7 @@ PRESET_TIMES = {
     "gpt2-xl": ("years", "about 6 days"),
 }
 
+DEFAULT_PRESET = "quickstart"  # what `python train.py` runs
 TRAIN_PRESETS = {
     # the default dataset on a CPU in under 10 minutes: a small model that learns to write Python-looking code
     "quickstart": dict(data="data/pystdlib", out_dir="out/quickstart", n_layer=4, n_head=4, n_embd=128, block_size=128,
