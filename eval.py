@@ -2,8 +2,9 @@
 
 By default the model is the committed checkpoint in checkpoint/*.pt; --checkpoint takes one of our .pt files or a
 training out dir (its newest checkpoint); --pretrained takes OpenAI's GPT-2 in the Hugging Face format (a folder,
-or a name online). Prints a table (task, metric, value, stderr, examples, seconds); --out writes the same as
-JSON in lm-evaluation-harness's shape. The protocols are in gptcore/eval/{hellaswag,lambada,perplexity}.py.
+or a name online). It names what it scores on stderr (model, device, dtype, tasks, examples), then prints a
+table (task, metric, value, stderr, examples, seconds); --out writes the same as JSON in lm-evaluation-harness's
+shape. The protocols are in gptcore/eval/{hellaswag,lambada,perplexity}.py.
 Under `torchrun --nproc_per_node=N eval.py ...` each process scores 1/N of every task; rank 0 reports.
 Data files: --data-dir, else ../shared/data beside the repository, else downloaded once into ~/.cache/gptcore.
 """
@@ -77,6 +78,12 @@ def main(argv=None):
         model.to(device)
         dtype = torch.bfloat16 if args.dtype == "bfloat16" or (args.dtype == "auto" and bf16_helps(device)) \
             else torch.float32
+        if d.is_main:
+            examples = "every example" if args.limit is None else \
+                f"the first {args.limit} examples (--limit all: every one)"
+            print(f"evaluating {args.pretrained or checkpoint} on {device}, {str(dtype).removeprefix('torch.')}"
+                  f"{f', {d.world_size} processes' if d.enabled else ''}: {', '.join(args.tasks)}, {examples}",
+                  file=sys.stderr)
         results = [run_task(name, model, tokenizer, args.data_dir, args.limit, args.batch_size, dtype,
                             progress=sys.stderr.isatty() and d.is_main, verify=not args.skip_checksum, dist=d)
                    for name in args.tasks]
@@ -90,6 +97,7 @@ def main(argv=None):
                   "batch_size": args.batch_size, "device": device, "dtype": str(dtype).removeprefix("torch."),
                   "processes": d.world_size}
         write_json(args.out, results_json(results, config, args.log_samples), indent=1)
+        print(f"wrote {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -198,6 +198,16 @@ def test_bf16_is_close(hf_dir):
     assert [b.logprob for b in bf16] == pytest.approx([f.logprob for f in fp32], rel=0.05)
 
 
+def test_says_what_it_evaluates_and_where_the_results_went(hf_dir, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    eval_script.main(["--pretrained", str(hf_dir), "--tasks", "lambada,wikitext2", "--limit", "2", "--device", "cpu",
+                      "--out", str(out)])
+    assert capsys.readouterr().err.splitlines() == [
+        f"evaluating {hf_dir} on cpu, float32: lambada, wikitext2, the first 2 examples (--limit all: every one)",
+        f"wrote {out}"]
+    assert set(json.loads(out.read_text())["results"]) == {"lambada", "wikitext2"}
+
+
 # ---- bad input: one line, exit status 2 ----
 
 def run_eval(*argv):
