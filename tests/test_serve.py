@@ -18,6 +18,7 @@ import transformers
 
 from gptcore.checkpoint import load_model
 from gptcore.errors import GPTCoreError
+from gptcore.serve.batcher import MAX_BATCH, default_threads
 from gptcore.tokenizer import get_tokenizer
 from serving import call, free_port, running_server, tiny_checkpoint
 
@@ -356,6 +357,11 @@ def test_serve_greedy_equals_sample_py_on_the_committed_checkpoint(capsys):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    # it says what it serves and where, before uvicorn's own lines
+    threads = default_threads()
+    assert f"serving {ROOT / 'checkpoint' / 'quickstart.pt'} as 'quickstart' on cpu, float32; up to {MAX_BATCH} rows " \
+           f"a step, {threads} torch thread{'s' * (threads > 1)}; chat page {url}/, OpenAI API {url}/v1" \
+           in proc.stdout.read()
 
 
 def test_serve_flags_fail_with_one_line(capsys):
