@@ -2,8 +2,9 @@
 
 By default the model is the committed checkpoint in checkpoint/*.pt (next to this script); if there is none, an
 untrained GPT-2 124M, which says so on stderr. Either way stderr names it, then lists the user's own training runs
-(under ./out and the repository's out/) with the command that samples the newest, or says how to make one. --checkpoint takes one of our .pt files or a training out dir
-(its newest checkpoint); --pretrained takes OpenAI's GPT-2 in the Hugging Face format (a folder, or a name online).
+(under ./out and the repository's out/) with the command that samples the newest, or says how to make one.
+--checkpoint takes one of our .pt files or a training out dir (its newest checkpoint); --pretrained takes OpenAI's
+GPT-2 in the Hugging Face format (a folder, or a name online).
 The prompt is encoded with the model's own tokenizer; without one, sampling starts from <|endoftext|>.
 Generation stops at <|endoftext|> unless --no-stop is given. --num-samples are drawn together, in one batch (sample i
 with seed --seed + i); the first streams, and each next one prints as soon as the one before it has ended.

@@ -85,8 +85,8 @@ def main(argv=None):
     url = f"http://{args.host}:{args.port}"
     logging.getLogger("gptcore.serve").info(
         f"serving {source or 'an untrained GPT-2 124M'} as '{model_name(source)}' on {engine.device}, {weights}; "
-        f"up to {args.max_batch} rows a step, {args.threads} torch thread{'s' * (args.threads > 1)}; chat page {url}/, "
-        f"OpenAI API {url}/v1")
+        f"up to {args.max_batch} rows a step, {args.threads} torch thread{'s' * (args.threads > 1)}; "
+        f"chat page {url}/, OpenAI API {url}/v1")
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info")
 
 

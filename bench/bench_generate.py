@@ -271,10 +271,10 @@ def main():
         why = ("out of reach with these kernels: they alone are slower than the peer's whole forward" if bound < 1
                else "the rest of the forward is the gap")
         return f"NOT met (products alone {bound:.2f}x: {why})"
-    goal_line = "goals (>= 1.00x unless stated; for a goal not met, the same ratio with gptcore's side replaced by its " \
-        "matrix products alone, timed in each round with its own layers and kernels, the rest of the forward costing " \
-        "nothing): " + \
-        "; ".join(f"{g} {r:.2f}x {verdict(r, need, bound)}" for g, r, need, bound in goals)
+    goal_line = ("goals (>= 1.00x unless stated; for a goal not met, the same ratio with gptcore's side replaced by "
+                 "its matrix products alone, timed in each round with its own layers and kernels, the rest of the "
+                 "forward costing nothing): "
+                 + "; ".join(f"{g} {r:.2f}x {verdict(r, need, bound)}" for g, r, need, bound in goals))
     fp32_name = "gptcore Generator, float32"
     n = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()  # read per decode step
     bound = ", ".join(f"{fmt} {bandwidth / (n * size):.0f}" for fmt, size in (("fp32", 4), ("bf16", 2), ("int8", 1)))

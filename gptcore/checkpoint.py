@@ -71,7 +71,7 @@ def runs_in(*folders: str) -> list[str]:
             for d in [folder] + [os.path.join(folder, name) for name in sorted(os.listdir(folder))]:
                 if os.path.isdir(d) and (found := list_checkpoints(d)):
                     newest.setdefault(os.path.realpath(d), (d, found[-1]))
-    return [d for d, ckpt in sorted(newest.values(), key=lambda run: os.path.getmtime(run[1]), reverse=True)]
+    return [d for d, _ in sorted(newest.values(), key=lambda run: os.path.getmtime(run[1]), reverse=True)]
 
 
 def prune_checkpoints(out_dir: str, keep: int):
