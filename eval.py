@@ -78,10 +78,11 @@ def main(argv=None):
         model.to(device)
         dtype = torch.bfloat16 if args.dtype == "bfloat16" or (args.dtype == "auto" and bf16_helps(device)) \
             else torch.float32
+        dtype_name = str(dtype).removeprefix("torch.")
         if d.is_main:
             examples = "every example" if args.limit is None else \
                 f"the first {args.limit} examples (--limit all: every one)"
-            print(f"evaluating {args.pretrained or checkpoint} on {device}, {str(dtype).removeprefix('torch.')}"
+            print(f"evaluating {args.pretrained or checkpoint} on {device}, {dtype_name}"
                   f"{f', {d.world_size} processes' if d.enabled else ''}: {', '.join(args.tasks)}, {examples}",
                   file=sys.stderr)
         results = [run_task(name, model, tokenizer, args.data_dir, args.limit, args.batch_size, dtype,
@@ -94,7 +95,7 @@ def main(argv=None):
     print(format_table(results))
     if args.out:
         config = {"model": args.pretrained or checkpoint, "tasks": args.tasks, "limit": args.limit,
-                  "batch_size": args.batch_size, "device": device, "dtype": str(dtype).removeprefix("torch."),
+                  "batch_size": args.batch_size, "device": device, "dtype": dtype_name,
                   "processes": d.world_size}
         write_json(args.out, results_json(results, config, args.log_samples), indent=1)
         print(f"wrote {args.out}", file=sys.stderr)

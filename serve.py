@@ -79,12 +79,12 @@ def main(argv=None):
     # auto: the dtype that decodes a full batch fastest, since concurrent requests are what a server is for
     engine = Generator(model, tokenizer, dtype=None if args.dtype == "auto" else args.dtype, quantize=args.quantize,
                        rows=args.max_batch)
-    app = create_app(Scheduler(engine, args.max_batch, args.max_queue), model_name(source), args.api_key,
-                     args.timeout)
+    name = model_name(source)
+    app = create_app(Scheduler(engine, args.max_batch, args.max_queue), name, args.api_key, args.timeout)
     weights = f"{str(engine.dtype).removeprefix('torch.')}{', int8 weights' if args.quantize else ''}"
     url = f"http://{args.host}:{args.port}"
     logging.getLogger("gptcore.serve").info(
-        f"serving {source or 'an untrained GPT-2 124M'} as '{model_name(source)}' on {engine.device}, {weights}; "
+        f"serving {source or 'an untrained GPT-2 124M'} as '{name}' on {engine.device}, {weights}; "
         f"up to {args.max_batch} rows a step, {args.threads} torch thread{'s' * (args.threads > 1)}; "
         f"chat page {url}/, OpenAI API {url}/v1")
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info")
