@@ -147,11 +147,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def matmul_peak_cache_path() -> str:
-    """Where CPU matmul ceilings are kept: $GPTCORE_CACHE, else $XDG_CACHE_HOME/gptcore, else ~/.cache/gptcore."""
-    root = os.environ.get("GPTCORE_CACHE") or os.path.join(
+def cache_root() -> str:
+    """Where gptcore keeps what it measured or built for this machine: $GPTCORE_CACHE, else
+    $XDG_CACHE_HOME/gptcore, else ~/.cache/gptcore."""
+    return os.environ.get("GPTCORE_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "gptcore")
-    return os.path.join(root, "matmul_peak.json")
+
+
+def matmul_peak_cache_path() -> str:
+    """Where CPU matmul ceilings are kept, in cache_root()."""
+    return os.path.join(cache_root(), "matmul_peak.json")
 
 
 def cpu_matmul_peak(dtype=torch.float32) -> tuple[float, str]:

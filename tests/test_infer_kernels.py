@@ -7,7 +7,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from gptcore import GPT, GPTConfig, GPTCoreError, Generator
-from gptcore.infer import cpu_kernels
+from gptcore.infer import cpu_kernels, native
 from gptcore.infer.quantize import Int8Linear, quantize_int8, quantize_weight
 
 
@@ -18,6 +18,7 @@ def path(request, monkeypatch):
         monkeypatch.setattr(cpu_kernels, "packed_linear_works", lambda dtype: False)
         monkeypatch.setattr(cpu_kernels, "int8_mm_works", lambda device_type, dtype: False)
         monkeypatch.setattr(cpu_kernels, "dynamic_int8_works", lambda: False)
+        monkeypatch.setattr(native, "works", lambda: False)
         monkeypatch.setattr(cpu_kernels, "int8_decode_kernel", lambda device_type, dtype: "converted")
     elif not (cpu_kernels.packed_linear_works(torch.bfloat16) and cpu_kernels.int8_mm_works("cpu", torch.float32)):
         pytest.skip("this CPU/torch build has no oneDNN packed linear or int8 matmul; the fallback is tested")
@@ -27,7 +28,7 @@ def path(request, monkeypatch):
 def force_int8_kernel(monkeypatch, kernel: str, dtype):
     """Makes every int8 product run `kernel` (one of cpu_kernels.INT8_KERNELS), at any row count; skips where this
     machine lacks it (the fallback, "converted", runs everywhere)."""
-    works = {"dynamic": cpu_kernels.dynamic_int8_works(), "weight_only": cpu_kernels.int8_mm_works("cpu", dtype),
+    works = {"native": native.works(), "dynamic": cpu_kernels.dynamic_int8_works(), "weight_only": cpu_kernels.int8_mm_works("cpu", dtype),
              "converted": True}
     if not works[kernel]:
         pytest.skip(f"this CPU/torch build has no {kernel} int8 kernel for {dtype}")
@@ -50,7 +51,7 @@ def test_packed_linear_is_bit_identical_to_linear(path, dtype, bias):
 
 # the largest error over the largest output: converted computes in bf16 on CPUs where bf16 is faster, and dynamic
 # quantizes the activations to 8 bits (7 of range) per call (measured: 1.5%)
-TOLERANCE = {("dynamic", torch.float32): 3e-2, ("dynamic", torch.bfloat16): 3e-2,
+TOLERANCE = {("native", torch.float32): 3e-2, ("native", torch.bfloat16): 3e-2, ("dynamic", torch.float32): 3e-2, ("dynamic", torch.bfloat16): 3e-2,
              ("weight_only", torch.float32): 1e-5, ("weight_only", torch.bfloat16): 1e-2,
              ("converted", torch.float32): 1e-2, ("converted", torch.bfloat16): 1e-2}
 
@@ -162,7 +163,8 @@ def test_engine_generates_the_same_on_both_paths(monkeypatch):
     assert runs["fast"] == runs["fallback"]  # packed bf16 is bit-identical to F.linear
 
 
-@pytest.mark.parametrize("kernel, dtype", [("dynamic", "float32"), ("dynamic", "bfloat16"), ("weight_only", "bfloat16"),
+@pytest.mark.parametrize("kernel, dtype", [("native", "float32"), ("native", "bfloat16"), ("dynamic", "float32"),
+                                           ("dynamic", "bfloat16"), ("weight_only", "bfloat16"),
                                            ("converted", "float32"), ("converted", "bfloat16")])
 def test_int8_engine_on_every_kernel_follows_float64_int8(monkeypatch, kernel, dtype):
     """The reference: the same int8 weights in float64 arithmetic, recomputing the window (the engine's policy) at
@@ -185,7 +187,7 @@ def test_int8_engine_on_every_kernel_follows_float64_int8(monkeypatch, kernel, d
     assert ties <= 3
 
 
-NEAR_TIE = {"dynamic": 0.15, "weight_only": 0.02, "converted": 0.02}  # in logit standard deviations
+NEAR_TIE = {"native": 0.15, "dynamic": 0.15, "weight_only": 0.02, "converted": 0.02}  # in logit standard deviations
 
 
 def head_logits(model, idx):
@@ -203,10 +205,11 @@ def head_logits(model, idx):
 # positions whose top token agrees (measured on this random-init model: weight_only/converted 2.5% fp32, 2.9% bf16,
 # largest 13-15%, all agree; dynamic, which also rounds activations to 8 bits, 5.6%, largest 30%, 15 of 16 agree,
 # and with bf16 activations 5.8%, largest 30%, all agree; bf16 alone, unquantized, is 1.2%)
-LOGIT_TOLERANCE = {"dynamic": (0.08, 0.5, 0.85), "weight_only": (0.04, 0.25, 0.9), "converted": (0.04, 0.25, 0.9)}
+LOGIT_TOLERANCE = {"native": (0.08, 0.5, 0.85), "dynamic": (0.08, 0.5, 0.85), "weight_only": (0.04, 0.25, 0.9), "converted": (0.04, 0.25, 0.9)}
 
 
-@pytest.mark.parametrize("kernel, dtype", [("dynamic", torch.float32), ("dynamic", torch.bfloat16),
+@pytest.mark.parametrize("kernel, dtype", [("native", torch.float32), ("native", torch.bfloat16),
+                                           ("dynamic", torch.float32), ("dynamic", torch.bfloat16),
                                            ("weight_only", torch.bfloat16), ("converted", torch.float32),
                                            ("converted", torch.bfloat16)])
 def test_int8_logits_of_gpt2_124m_stay_close_to_fp32(monkeypatch, kernel, dtype):

@@ -41,7 +41,8 @@ def val_loss(model, tokens) -> float:
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), tokens[:, 1:].reshape(-1)).item()
 
 
-@pytest.mark.parametrize("kernel, dtype", [("dynamic", torch.float32), ("dynamic", torch.bfloat16),
+@pytest.mark.parametrize("kernel, dtype", [("native", torch.float32), ("native", torch.bfloat16),
+                                           ("dynamic", torch.float32), ("dynamic", torch.bfloat16),
                                            ("weight_only", torch.bfloat16), ("converted", torch.float32),
                                            ("converted", torch.bfloat16)])
 def test_int8_val_loss_within_one_percent_of_fp32_on_the_committed_checkpoint(val_tokens, monkeypatch, kernel, dtype):

@@ -6,7 +6,10 @@ has a plain-PyTorch fallback that gives the same numbers, or, for int8, numbers 
   plain row-major bf16 weight, oneDNN repacks it inside every call, which costs as much as the product itself when
   a decode step multiplies it by one vector. Fallback: F.linear. (fp32 stays on F.linear: MKL streams fp32 weights
   well, and oneDNN's fp32 kernel is not bit-identical to it.)
-- Three ways to multiply by an int8 weight (out, in) with per-output-channel scales, INT8_KERNELS:
+- Four ways to multiply by an int8 weight (out, in) with per-output-channel scales, INT8_KERNELS:
+  "native": gptcore's own C kernel (native.py, int8_step.c, built on first use), CTranslate2's method too: each
+      row of activations quantized to 8 bits with its own scale, products in int8 with int32 sums (VNNI where
+      the CPU has it). Where it is chosen, the engine runs whole decode steps in C (native.Int8DecodeStep).
   "weight_only": ATen's int8 weight-only matmul (torch._weight_int8pack_mm, the op gpt-fast uses), x @ (int8 W).T
       * scales without materializing a dequantized W; fast with bf16 activations, slow with fp32 ones.
   "dynamic": FBGEMM's dynamic int8 linear (torch.ops.quantized), as CTranslate2 does it: the weight is prepacked
@@ -15,6 +18,7 @@ has a plain-PyTorch fallback that gives the same numbers, or, for int8, numbers 
   "converted": plain PyTorch, F.linear on the weight converted to the compute dtype, then the scales; the fallback,
       and the fastest for many rows (a prefill), where converting the weight once costs little per row.
   Which one a decode step uses is measured once per machine (int8_decode_kernel); many rows always convert.
+"native" is not a private PyTorch op, but it is fenced the same way: native.works() checks it before any use.
 """
 
 import functools
@@ -25,6 +29,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from ..device import cpu_bf16_is_faster, fastest
+from . import native
 
 
 @functools.cache
@@ -132,7 +137,8 @@ def dynamic_int8_linear(x, packed):
     return torch.ops.quantized.linear_dynamic.default(x.float(), packed, True).to(x.dtype)
 
 
-INT8_KERNELS = ("dynamic", "weight_only", "converted")
+INT8_KERNELS = ("native", "dynamic", "weight_only", "converted")
+PREPARED = ("native", "dynamic")  # the kernels that take the weight prepared once (prepare_int8)
 FEW_ROWS = 32  # up to this many rows of x, a product is a decode step's: bound by reading the weight
 
 
@@ -172,13 +178,17 @@ def packed_bf16_decodes_faster(rows: int = 1) -> bool:
 def int8_decode_kernel(device_type: str, dtype: torch.dtype) -> str:
     """The int8 kernel for a decode step's few rows on device_type with activations of dtype: the fastest of those
     that work here, timed once in alternation at batch 1 (device.fastest, about 1 s on a quiet machine);
-    "converted" only where neither private kernel works (it converts the whole weight for one row).
+    "converted" only where no other kernel works (it converts the whole weight for one row).
 
     Measured because flags don't tell: on an Intel Xeon with AMX and AVX512-BF16 (2 cores), dynamic streams
     int8 weights ~1.9x faster than weight_only with bf16 activations, and weight_only with fp32 activations is
-    ~3.5x slower than fp32 F.linear; elsewhere weight_only was measured 5x slower than fp32.
+    ~3.5x slower than fp32 F.linear; elsewhere weight_only was measured 5x slower than fp32. "native" is the
+    baseline the others must beat by the margin: where it is chosen, the rest of a decode step runs in C too,
+    ~0.2 ms instead of the 4-6 ms of PyTorch ops around GPT-2 124M's products (same Xeon), which the products
+    timed here leave out.
     """
-    works = {"dynamic": device_type == "cpu" and dtype in (torch.float32, torch.bfloat16) and dynamic_int8_works(),
+    cpu = device_type == "cpu" and dtype in (torch.float32, torch.bfloat16)
+    works = {"native": cpu and native.works(), "dynamic": cpu and dynamic_int8_works(),
              "weight_only": int8_mm_works(device_type, dtype)}
     works = [k for k in works if works[k]] or ["converted"]
     if device_type != "cpu" or len(works) == 1:
@@ -188,30 +198,40 @@ def int8_decode_kernel(device_type: str, dtype: torch.dtype) -> str:
     for out_features, in_features in _decode_shapes(12):
         w = torch.randint(-127, 128, (out_features, in_features), dtype=torch.int8, generator=gen)
         scales = torch.rand(out_features, generator=gen).to(dtype) / 1000
-        layers.append((torch.randn(1, in_features, generator=gen).to(dtype), w, scales, pack_int8(w, scales)))
+        prepared = {k: prepare_int8(k, w, scales) for k in works if k in PREPARED}
+        layers.append((torch.randn(1, in_features, generator=gen).to(dtype), w, scales, prepared))
 
     def products(kernel):
-        return [int8_linear(x, w, scales, packed=packed, kernel=kernel) for x, w, scales, packed in layers]
+        return [int8_linear(x, w, scales, packed=prepared.get(kernel), kernel=kernel)
+                for x, w, scales, prepared in layers]
 
     with torch.inference_mode():
         return fastest({k: (products, k) for k in works}, margin=0.9, rounds=3)
 
 
+def prepare_int8(kernel: str, weight, scales, bias=None):
+    """The weight as a PREPARED kernel takes it: "dynamic", pack_int8's; "native", a native.PreparedLinear."""
+    return pack_int8(weight, scales, bias) if kernel == "dynamic" else native.PreparedLinear(weight, scales, bias)
+
+
 def int8_linear(x, weight, scales, bias=None, packed=None, kernel: str | None = None):
     """x (..., in) times an int8 weight (out, in) with per-output-channel scales (out,) -> (..., out) in x's dtype.
 
-    packed: pack_int8(weight, scales, bias), needed by the "dynamic" kernel (it then holds the bias).
+    packed: prepare_int8(kernel, weight, scales, bias), needed by the PREPARED kernels (it then holds the bias).
     kernel: one of INT8_KERNELS; None: int8_decode_kernel's choice for up to FEW_ROWS rows (weight_only stands in
-    for dynamic where there is no packed weight), "converted" for more, where a prefill's product is compute-bound.
+    for a PREPARED kernel where there is no prepared weight), "converted" for more, where a prefill's product is
+    compute-bound.
     """
     if kernel is None:
         kernel = "converted"
         if x.numel() // x.size(-1) <= FEW_ROWS:
             kernel = int8_decode_kernel(x.device.type, x.dtype)
-            if kernel == "dynamic" and packed is None:
+            if kernel in PREPARED and packed is None:
                 kernel = "weight_only" if int8_mm_works(x.device.type, x.dtype) else "converted"
     if kernel == "dynamic":
         return dynamic_int8_linear(x, packed)
+    if kernel == "native":
+        return native.int8_linear(x, packed)
     if kernel == "weight_only":
         y = torch._weight_int8pack_mm(x.reshape(-1, x.size(-1)), weight, scales).view(*x.shape[:-1], -1)
     else:

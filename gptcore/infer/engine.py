@@ -43,7 +43,7 @@ import torch
 
 from ..device import generation_dtype
 from ..errors import GPTCoreError
-from . import cpu_kernels
+from . import cpu_kernels, native
 from .cache import KVCache
 from .quantize import quantize_int8
 from .sampling import check_sampling, greedy_tokens, sample_next_token
@@ -156,6 +156,7 @@ class Generator:
         self.block_size = model.config.block_size
         self._model = model
         self._runner, self._version = None, None
+        self._native_step = None  # a native.Int8DecodeStep of self._runner, where int8 decodes in C
         self._caches = []  # caches no run is using; a run takes one and gives it back
 
     def _has_bf16_kernel(self, quantize) -> bool:
@@ -187,22 +188,37 @@ class Generator:
             return model
         version = weights_version(model)
         if self._runner is None or version != self._version:
-            self._runner = None  # frees the stale copy before building the new one
+            self._runner = self._native_step = None  # frees the stale copy before building the new one
             # the copy's parameters are converted as they are copied, so the model is never held twice in fp32
             memo = {id(p): torch.nn.Parameter(p.detach().to(self.dtype), requires_grad=False)
                     for p in model.parameters()}
             runner = copy.deepcopy(model, memo).eval()
             if self.quantize == "int8":
                 quantize_int8(runner)
+                self._native_step = self._int8_decode_step(runner)
             elif pack:
                 cpu_kernels.pack_linears(runner)
             self._runner, self._version = runner, version
         return self._runner
 
+    def _int8_decode_step(self, runner):
+        """A native.Int8DecodeStep of the int8 copy where this CPU's int8 kernel for decoding is "native" and the
+        model is a GPT-2 (OpenAI's module names), else None: its decode steps then run in PyTorch."""
+        if self.device.type != "cpu" or cpu_kernels.int8_decode_kernel("cpu", self.dtype) != "native":
+            return None
+        try:
+            return native.Int8DecodeStep(runner)
+        except AttributeError:  # another model's layout
+            return None
+
     def _forward(self, model, rows: list["_Row"], inputs: list[list[int]], cache: KVCache):
         """One batched forward of each row's pending ids (right-padded) -> the logits (len(rows), vocab) of each
         row's last pending id."""
         T = max(len(ids) for ids in inputs)
+        if T == 1 and self._native_step is not None and model is self._runner:
+            logits = self._native_step([ids[0] for ids in inputs], [r.row for r in rows], [r.cached for r in rows],
+                                       cache)
+            return logits[:, :model.config.vocab_size]
         idx = torch.tensor([ids + [0] * (T - len(ids)) for ids in inputs], device=self.device)
         cache.bind([r.row for r in rows], [r.cached for r in rows], [len(ids) for ids in inputs])
         # the engine's dtype, not a caller's autocast, decides the precision

@@ -11,7 +11,7 @@ their precision.
 import torch
 import torch.nn as nn
 
-from . import cpu_kernels
+from . import cpu_kernels, native
 
 
 def quantize_weight(weight) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,7 +31,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("scales", torch.ones(out_features, dtype=dtype, device=device))
         self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device) if bias else None)
-        self._packed = None  # (the buffers' data_ptrs, FBGEMM's packed weight): not in the state dict
+        self._prepared = None  # ((kernel, the buffers' data_ptrs), the weight prepared for it): not in the state dict
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
@@ -44,28 +44,31 @@ class Int8Linear(nn.Module):
 
     def forward(self, x):
         """(..., in_features) -> (..., out_features)."""
-        packed = self._packed_weight(x)
-        if packed is not None:
-            # a decode step on FBGEMM goes straight to the kernel: at batch 1 the path through int8_linear cost
+        kernel, prepared = self._prepared_weight(x)
+        if prepared is not None:
+            # a decode step's product goes straight to its kernel: at batch 1 the path through int8_linear cost
             # ~20 us per product in Python, ~10% of a GPT-2 124M step's products (measured on 1 thread)
-            return cpu_kernels.dynamic_int8_linear(x, packed)
+            if kernel == "dynamic":
+                return cpu_kernels.dynamic_int8_linear(x, prepared)
+            return native.int8_linear(x, prepared)
         return cpu_kernels.int8_linear(x, self.weight, self.scales, self.bias)
 
-    def _packed_weight(self, x):
-        """FBGEMM's prepacked copy of the buffers when x's product is a decode step's (at most FEW_ROWS rows) and the
-        "dynamic" kernel is this CPU's choice for it, else None. Packed on first use, and again after
-        load_state_dict or when a buffer is replaced (.to(), assignment)."""
-        if x.numel() > cpu_kernels.FEW_ROWS * self.in_features or x.device.type != "cpu" \
-                or cpu_kernels.int8_decode_kernel("cpu", x.dtype) != "dynamic":
-            return None
-        source = tuple(t.data_ptr() for t in (self.weight, self.scales, self.bias) if t is not None)
-        if self._packed is None or self._packed[0] != source:
-            self._packed = source, cpu_kernels.pack_int8(self.weight, self.scales, self.bias)
-        return self._packed[1]
-
+    def _prepared_weight(self, x):
+        """(kernel, the buffers prepared for it) when x's product is a decode step's (at most FEW_ROWS rows) and
+        this CPU's choice for it is a kernel that prepares its weight (cpu_kernels.PREPARED), else (None, None).
+        Prepared on first use, and again after load_state_dict or when a buffer is replaced (.to(), assignment)."""
+        if x.numel() > cpu_kernels.FEW_ROWS * self.in_features or x.device.type != "cpu":
+            return None, None
+        kernel = cpu_kernels.int8_decode_kernel("cpu", x.dtype)
+        if kernel not in cpu_kernels.PREPARED:
+            return None, None
+        source = kernel, *(t.data_ptr() for t in (self.weight, self.scales, self.bias) if t is not None)
+        if self._prepared is None or self._prepared[0] != source:
+            self._prepared = source, cpu_kernels.prepare_int8(kernel, self.weight, self.scales, self.bias)
+        return kernel, self._prepared[1]
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)  # copies into the buffers in place: same data_ptr
-        self._packed = None
+        self._prepared = None
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:

@@ -1,0 +1,319 @@
+/* A GPT-2 decode step with int8 weights, in C: one call runs every layer for B rows of one new token each.
+
+Why C: at batch 1 a decode step reads every weight once, and its ~50 matrix products already run near this
+machine's memory speed in PyTorch (FBGEMM). What PyTorch adds is the rest: ~15 small ops per layer, each a
+dispatch and a fork-join of the thread pool, 4-6 ms a step on GPT-2 124M (2 cores): as long as the products.
+Here the rest is a few loops over 768 numbers, and the whole step is one call from Python.
+
+The math is the model's (gptcore/model.py), in float32: pre-LayerNorm blocks, causal self-attention over the
+row's cached keys, a tanh-approximated GELU, and the int8 head. Each product quantizes its input row to 8 bits
+(one scale per row, max |x| / 127) and multiplies in integers with 32-bit sums, as CTranslate2 and FBGEMM do:
+    y[j] = sx * scale[j] * sum_i xq[i] * w[j, i] + bias[j]
+x86's VNNI instruction multiplies unsigned by signed bytes, so xq + 128 goes in, and 128 * sum_i w[j, i] (rowsum,
+computed once per weight) comes back out.
+
+Built and loaded by gptcore/infer/native.py, which checks it against the PyTorch path before using it. */
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <omp.h>
+#ifdef __AVX512VNNI__
+#include <immintrin.h>
+#endif
+
+typedef struct {
+    const int8_t *w;        /* (n_out, n_in), row-major */
+    const int32_t *rowsum;  /* (n_out,): sum_i w[j, i] */
+    const float *scale;     /* (n_out,): w[j, :] ~ w_int8[j, :] * scale[j] */
+    const float *bias;      /* (n_out,) or NULL */
+    int64_t n_out, n_in;
+} QLinear;
+
+typedef struct {
+    const float *ln_1_w, *ln_1_b, *ln_2_w, *ln_2_b;  /* the biases may be NULL */
+    QLinear c_attn, attn_proj, c_fc, mlp_proj;
+} Layer;
+
+typedef struct {
+    int64_t n_layer, n_head, n_embd;
+    const Layer *layers;
+    const float *ln_f_w, *ln_f_b;
+    QLinear lm_head;
+} Model;
+
+/* ---- int8 products ---- */
+
+/* x (B, K) -> xq (B, K) as unsigned bytes (round(x / s) + 128) and s (B,) */
+static void quantize_rows(int64_t B, int64_t K, const float *x, uint8_t *xq, float *s) {
+    for (int64_t b = 0; b < B; b++) {
+        const float *xb = x + b * K;
+        float m = 0.f;
+        for (int64_t i = 0; i < K; i++) m = fmaxf(m, fabsf(xb[i]));
+        s[b] = m > 0.f ? m / 127.f : 1.f;
+        float inv = 1.f / s[b];
+        for (int64_t i = 0; i < K; i++) xq[b * K + i] = (uint8_t)((int32_t)rintf(xb[i] * inv) + 128);
+    }
+}
+
+/* dots[r][b] = the integer dots of weight rows w[r * K ...] (r < 4) with quantized input rows xq[b * K ...]
+   (b < NB). NB is a constant where this is inlined, so the 4 x NB sums stay in registers: each 64 bytes of weight
+   are loaded once for all input rows, and four weight rows stream at once. */
+static inline __attribute__((always_inline)) void dot_4_rows(int NB, const int8_t *w, const uint8_t *xq, int64_t K,
+                                                             int32_t dots[4][4]) {
+#ifdef __AVX512VNNI__
+    __m512i acc[4][4];
+    #pragma GCC unroll 4
+    for (int r = 0; r < 4; r++)
+        #pragma GCC unroll 4
+        for (int b = 0; b < NB; b++) acc[r][b] = _mm512_setzero_si512();
+    for (int64_t i = 0; i < K; i += 64) {
+        /* whole 64s with plain loads; a last, partial 64 with a mask (zeros past K add nothing) */
+        __mmask64 m = K - i >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (K - i)) - 1);
+        __m512i x[4];
+        if (K - i >= 64) {
+            #pragma GCC unroll 4
+            for (int b = 0; b < NB; b++) x[b] = _mm512_loadu_si512(xq + b * K + i);
+            #pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) {
+                __m512i wv = _mm512_loadu_si512(w + r * K + i);
+                #pragma GCC unroll 4
+                for (int b = 0; b < NB; b++) acc[r][b] = _mm512_dpbusd_epi32(acc[r][b], x[b], wv);
+            }
+        } else {
+            #pragma GCC unroll 4
+            for (int b = 0; b < NB; b++) x[b] = _mm512_maskz_loadu_epi8(m, xq + b * K + i);
+            #pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) {
+                __m512i wv = _mm512_maskz_loadu_epi8(m, w + r * K + i);
+                #pragma GCC unroll 4
+                for (int b = 0; b < NB; b++) acc[r][b] = _mm512_dpbusd_epi32(acc[r][b], x[b], wv);
+            }
+        }
+    }
+    #pragma GCC unroll 4
+    for (int r = 0; r < 4; r++)
+        #pragma GCC unroll 4
+        for (int b = 0; b < NB; b++) dots[r][b] = _mm512_reduce_add_epi32(acc[r][b]);
+#else
+    for (int r = 0; r < 4; r++)
+        for (int b = 0; b < NB; b++) {
+            int32_t sum = 0;
+            for (int64_t i = 0; i < K; i++) sum += (int32_t)xq[b * K + i] * (int32_t)w[r * K + i];
+            dots[r][b] = sum;
+        }
+#endif
+}
+
+static int32_t dot_plain(const int8_t *w, const uint8_t *x, int64_t K) {
+    int32_t sum = 0;
+    for (int64_t i = 0; i < K; i++) sum += (int32_t)x[i] * (int32_t)w[i];
+    return sum;
+}
+
+/* y (B, n_out) = x (B, n_in) @ W.T, through xq and sx (quantize_rows of x); threads split the output columns,
+   four at a time (GPT-2's are multiples of 4; any last 1-3 go through dot_plain) */
+static void qlinear(const QLinear *L, int64_t B, const uint8_t *xq, const float *sx, float *y) {
+    const int64_t K = L->n_in, N = L->n_out;
+    #pragma omp parallel for schedule(static)
+    for (int64_t j = 0; j < N; j += 4) {
+        for (int64_t b0 = 0; b0 < B; b0 += 4) {
+            int32_t dots[4][4];
+            const uint8_t *x = xq + b0 * K;
+            const int8_t *w = L->w + j * K;
+            int64_t nb = B - b0 >= 4 ? 4 : B - b0;
+            if (N - j < 4) {
+                for (int64_t r = 0; r < N - j; r++)
+                    for (int64_t b = 0; b < nb; b++) dots[r][b] = dot_plain(w + r * K, x + b * K, K);
+            } else {
+                switch (nb) {  /* one unrolled body per row count */
+                    case 1: dot_4_rows(1, w, x, K, dots); break;
+                    case 2: dot_4_rows(2, w, x, K, dots); break;
+                    case 3: dot_4_rows(3, w, x, K, dots); break;
+                    default: dot_4_rows(4, w, x, K, dots); break;
+                }
+            }
+            for (int64_t r = 0; r < 4 && j + r < N; r++)
+                for (int64_t b = 0; b < nb; b++) {
+                    float dot = (float)(dots[r][b] - 128 * L->rowsum[j + r]);
+                    y[(b0 + b) * N + j + r] = sx[b0 + b] * L->scale[j + r] * dot + (L->bias ? L->bias[j + r] : 0.f);
+                }
+        }
+    }
+}
+
+/* ---- the rest of a block ---- */
+
+static void layer_norm(int64_t B, int64_t C, const float *x, const float *w, const float *bias, float *y) {
+    for (int64_t b = 0; b < B; b++) {
+        const float *xb = x + b * C;
+        float mean = 0.f, var = 0.f;
+        for (int64_t i = 0; i < C; i++) mean += xb[i];
+        mean /= C;
+        for (int64_t i = 0; i < C; i++) var += (xb[i] - mean) * (xb[i] - mean);
+        float inv = 1.f / sqrtf(var / C + 1e-5f);  /* nn.LayerNorm's default eps */
+        for (int64_t i = 0; i < C; i++) y[b * C + i] = (xb[i] - mean) * inv * w[i] + (bias ? bias[i] : 0.f);
+    }
+}
+
+/* e^x, in a form the compiler vectorizes (glibc's expf and tanhf are scalar calls here): e^x = 2^n * 2^f with
+   n = round(x log2(e)) and f in [-1/2, 1/2], 2^f = e^(f ln 2) by its Taylor series to degree 7 (relative error
+   below 1e-7 in float64; float32 rounding dominates). x is clamped to [-87, 88], where float32 has normal
+   results. */
+static inline float exp_approx(float x) {
+    x = fminf(fmaxf(x, -87.f), 88.f);
+    float t = x * 1.4426950408889634f, n = rintf(t), f = (t - n) * 0.6931471805599453f;
+    float p = 1.f + f * (1.f + f * (1.f / 2 + f * (1.f / 6 + f * (1.f / 24 + f * (1.f / 120 + f * (1.f / 720 +
+              f * (1.f / 5040)))))));
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float two_n;
+    memcpy(&two_n, &bits, 4);
+    return p * two_n;
+}
+
+/* bf16 is float32's upper half; stores round to nearest even, as PyTorch's conversion does */
+static inline float from_bf16(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+}
+
+/* a cached key or value (n floats at element i of a float32 or bfloat16 cache) -> out, as float32 */
+static inline void load(const void *cache, int bf16, int64_t i, int64_t n, float *out) {
+    if (bf16) {
+        const uint16_t *p = (const uint16_t *)cache + i;
+        for (int64_t j = 0; j < n; j++) out[j] = from_bf16(p[j]);
+    } else {
+        memcpy(out, (const float *)cache + i, sizeof(float) * n);
+    }
+}
+
+/* qkv (B, 3C) -> y (B, C): row b's key and value go to its cache row rows[b] at position pos[b], and its query
+   attends to that row's positions 0..pos[b]. k, v: this layer's (batch_size, max_len, C) cache. */
+static void attention(int64_t B, int64_t C, int64_t n_head, const float *qkv, void *k, void *v, int bf16,
+                      int64_t max_len, const int64_t *rows, const int64_t *pos, float *scores, float *y) {
+    const int64_t hs = C / n_head;
+    for (int64_t b = 0; b < B; b++) {
+        int64_t at = (rows[b] * max_len + pos[b]) * C;
+        const float *new_k = qkv + b * 3 * C + C, *new_v = new_k + C;
+        for (int64_t i = 0; i < C; i++) {
+            if (bf16) {
+                ((uint16_t *)k)[at + i] = to_bf16(new_k[i]);
+                ((uint16_t *)v)[at + i] = to_bf16(new_v[i]);
+            } else {
+                ((float *)k)[at + i] = new_k[i];
+                ((float *)v)[at + i] = new_v[i];
+            }
+        }
+    }
+    /* threads split the rows and, within a row, its heads into as many groups as there are threads: a thread
+       reads its heads' keys of one position together, one contiguous piece of the cache (reading a head's keys
+       alone strides across the cache, which defeats the CPU's prefetching) */
+    const int64_t groups = omp_get_max_threads() < n_head ? omp_get_max_threads() : n_head;
+    const float scale = 1.f / sqrtf((float)hs);
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t b = 0; b < B; b++) {
+        for (int64_t g = 0; g < groups; g++) {
+            const int64_t h0 = g * n_head / groups, h1 = (g + 1) * n_head / groups, width = (h1 - h0) * hs;
+            const int64_t n = pos[b] + 1, base = rows[b] * max_len * C + h0 * hs;
+            const float *q = qkv + b * 3 * C + h0 * hs;
+            float *s = scores + b * n_head * max_len, *out = y + b * C + h0 * hs;  /* s[h * max_len + t] */
+            float row[width];  /* this group's part of one cached key or value, as float32 */
+            for (int64_t t = 0; t < n; t++) {
+                load(k, bf16, base + t * C, width, row);
+                for (int64_t h = h0; h < h1; h++) {
+                    const float *qh = q + (h - h0) * hs, *kh = row + (h - h0) * hs;
+                    float dot = 0.f;
+                    for (int64_t i = 0; i < hs; i++) dot += qh[i] * kh[i];
+                    s[h * max_len + t] = dot * scale;
+                }
+            }
+            for (int64_t h = h0; h < h1; h++) {  /* softmax over positions, in place */
+                float *sh = s + h * max_len, m = -INFINITY, total = 0.f;
+                for (int64_t t = 0; t < n; t++) m = fmaxf(m, sh[t]);
+                for (int64_t t = 0; t < n; t++) total += (sh[t] = exp_approx(sh[t] - m));
+                for (int64_t t = 0; t < n; t++) sh[t] /= total;
+            }
+            for (int64_t i = 0; i < width; i++) out[i] = 0.f;
+            for (int64_t t = 0; t < n; t++) {
+                load(v, bf16, base + t * C, width, row);
+                for (int64_t h = h0; h < h1; h++) {
+                    const float p = s[h * max_len + t], *vh = row + (h - h0) * hs;
+                    float *oh = out + (h - h0) * hs;
+                    for (int64_t i = 0; i < hs; i++) oh[i] += p * vh[i];
+                }
+            }
+        }
+    }
+}
+
+static void gelu(int64_t n, float *x) {  /* nn.GELU(approximate="tanh") */
+    #pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        float u = x[i];
+        float tanh = 1.f - 2.f / (exp_approx(2.f * 0.7978845608028654f * (u + 0.044715f * u * u * u)) + 1.f);
+        x[i] = 0.5f * u * (1.f + tanh);
+    }
+}
+
+/* ---- the step ---- */
+
+/* x (B, C): the new tokens' embeddings (wte + wpe), overwritten; logits (B, lm_head.n_out).
+   k_cache, v_cache: (n_layer, batch_size, max_len, C), float32 or (cache_bf16) bfloat16.
+   Returns 0, or 1 when out of memory. */
+int int8_decode_step(const Model *m, int64_t B, float *x, void *k_cache, void *v_cache, int cache_bf16,
+                     int64_t batch_size, int64_t max_len, const int64_t *rows, const int64_t *pos, float *logits) {
+    const int64_t C = m->n_embd, H = 4 * C, esize = cache_bf16 ? 2 : 4;
+    float *h = malloc(sizeof(float) * B * (C + 3 * C + H + m->n_head * max_len) + sizeof(float) * B);
+    uint8_t *xq = malloc(B * H);
+    if (!h || !xq) { free(h); free(xq); return 1; }
+    float *qkv = h + B * C, *fc = qkv + B * 3 * C, *scores = fc + B * H, *sx = scores + B * m->n_head * max_len;
+    for (int64_t l = 0; l < m->n_layer; l++) {
+        const Layer *L = &m->layers[l];
+        int64_t offset = l * batch_size * max_len * C * esize;
+        /* x = x + attn(ln_1(x)) */
+        layer_norm(B, C, x, L->ln_1_w, L->ln_1_b, h);
+        quantize_rows(B, C, h, xq, sx);
+        qlinear(&L->c_attn, B, xq, sx, qkv);
+        attention(B, C, m->n_head, qkv, (char *)k_cache + offset, (char *)v_cache + offset, cache_bf16, max_len,
+                  rows, pos, scores, h);
+        quantize_rows(B, C, h, xq, sx);
+        qlinear(&L->attn_proj, B, xq, sx, fc);
+        for (int64_t i = 0; i < B * C; i++) x[i] += fc[i];
+        /* x = x + mlp(ln_2(x)) */
+        layer_norm(B, C, x, L->ln_2_w, L->ln_2_b, h);
+        quantize_rows(B, C, h, xq, sx);
+        qlinear(&L->c_fc, B, xq, sx, fc);
+        gelu(B * H, fc);
+        quantize_rows(B, H, fc, xq, sx);
+        qlinear(&L->mlp_proj, B, xq, sx, h);
+        for (int64_t i = 0; i < B * C; i++) x[i] += h[i];
+    }
+    layer_norm(B, C, x, m->ln_f_w, m->ln_f_b, h);
+    quantize_rows(B, C, h, xq, sx);
+    qlinear(&m->lm_head, B, xq, sx, logits);
+    free(h);
+    free(xq);
+    return 0;
+}
+
+/* One product on its own, for PyTorch's few-row products outside a decode step: y (B, n_out) = x (B, n_in) @ W.T.
+   Returns 0, or 1 when out of memory. */
+int int8_linear(const QLinear *L, int64_t B, const float *x, float *y) {
+    uint8_t *xq = malloc(B * L->n_in);
+    float *sx = malloc(sizeof(float) * B);
+    if (!xq || !sx) { free(xq); free(sx); return 1; }
+    quantize_rows(B, L->n_in, x, xq, sx);
+    qlinear(L, B, xq, sx, y);
+    free(xq);
+    free(sx);
+    return 0;
+}
