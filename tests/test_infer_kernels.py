@@ -239,7 +239,7 @@ def test_the_default_dtype_is_measured_at_the_rows_the_engine_will_run(monkeypat
         asked.append(rows)
         return rows >= 4  # as if bf16 won only from 4 rows on
 
-    monkeypatch.setattr(cpu_kernels, "packed_bf16_decodes_faster", faster)
+    monkeypatch.setattr(cpu_kernels, "bf16_decodes_faster", faster)
     monkeypatch.setattr(device, "bf16_helps", lambda dev: True)
     model = strong_tiny_model()
     assert Generator(model).dtype == torch.float32 and Generator(model, rows=8).dtype == torch.bfloat16

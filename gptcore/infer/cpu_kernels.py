@@ -5,11 +5,12 @@ has a plain-PyTorch fallback that gives the same numbers, or, for int8, numbers 
 - oneDNN's packed linear (torch.ops.mkldnn): a bf16 weight reordered once into oneDNN's blocked layout. Given a
   plain row-major bf16 weight, oneDNN repacks it inside every call, which costs as much as the product itself when
   a decode step multiplies it by one vector. Fallback: F.linear. (fp32 stays on F.linear: MKL streams fp32 weights
-  well, and oneDNN's fp32 kernel is not bit-identical to it.)
+  well, and oneDNN's fp32 kernel is not bit-identical to it.) A bf16 decode step may instead run in gptcore's own
+  C kernel (below); bf16_decode_kernel measures which.
 - Four ways to multiply by an int8 weight (out, in) with per-output-channel scales, INT8_KERNELS:
-  "native": gptcore's own C kernel (native.py, int8_step.c, built on first use), CTranslate2's method too: each
+  "native": gptcore's own C kernel (native.py, decode_step.c, built on first use), CTranslate2's method too: each
       row of activations quantized to 8 bits with its own scale, products in int8 with int32 sums (VNNI where
-      the CPU has it). Where it is chosen, the engine runs whole decode steps in C (native.Int8DecodeStep).
+      the CPU has it). Where it is chosen, the engine runs whole decode steps in C (native.DecodeStep).
   "weight_only": ATen's int8 weight-only matmul (torch._weight_int8pack_mm, the op gpt-fast uses), x @ (int8 W).T
       * scales without materializing a dequantized W; fast with bf16 activations, slow with fp32 ones.
   "dynamic": FBGEMM's dynamic int8 linear (torch.ops.quantized), as CTranslate2 does it: the weight is prepacked
@@ -149,29 +150,105 @@ def _decode_shapes(blocks: int) -> list[tuple[int, int]]:
     return [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * blocks
 
 
-@functools.cache
-def packed_bf16_decodes_faster(rows: int = 1) -> bool:
-    """Whether a decode step's products, at `rows` rows, run clearly faster with bf16 weights packed for oneDNN than
-    with fp32 weights through F.linear, timed once in alternation (device.fastest, about 1 s on a quiet machine).
+BF16_KERNELS = ("native", "packed", "plain")  # see bf16_decode_kernel
 
-    bf16 halves the bytes to read, but a kernel must stream them well to gain: on an Intel Xeon with AMX (2 cores),
-    oneDNN's bf16 matrix-vector product ran no faster than MKL's fp32 one, while bf16 matrix products ran ~2.6x
-    faster (device.cpu_bf16_is_faster).
-    """
-    if not packed_linear_works(torch.bfloat16):
-        return False
+
+def _rest_of_step(rows: int, dtype: torch.dtype, length: int = 64):
+    """A function running what a PyTorch decode step of GPT-2 124M does besides its products, at `rows` rows with
+    `length` cached positions: per block two LayerNorms, two residual adds, GELU, the cache writes and attention
+    (the model's ops, on random tensors). A kernel that runs the whole step in C ("native") replaces these too, so
+    the PyTorch kernels are timed with them: on the project's Xeon they cost 4-6 ms a step, as much as the
+    products (bench_generate.py)."""
     gen = torch.Generator().manual_seed(0)
-    fp32, packed = [], []
+    x, h = (torch.randn(rows, 1, 768, generator=gen).to(dtype) for _ in range(2))
+    fc = torch.randn(rows, 1, 3072, generator=gen).to(dtype)
+    ln = nn.LayerNorm(768, device="meta").to_empty(device="cpu").to(dtype)
+    cache = torch.zeros(2, rows * length, 768, dtype=dtype)
+    write = torch.arange(rows) * length + length - 1
+
+    def rest():
+        for _ in range(12):
+            ln(x), ln(x)
+            x + h, x + h
+            F.gelu(fc, approximate="tanh")
+            for store in cache:
+                store.index_copy_(0, write, h.view(rows, 768))
+            keys = cache[0].view(rows, length, 12, 64).transpose(1, 2)
+            F.scaled_dot_product_attention(h.view(rows, 1, 12, 64).transpose(1, 2), keys, keys)
+    return rest
+
+
+def _with_rest(products, rest):
+    return lambda: (products(), rest())
+
+
+
+
+def _bf16_layers(rows: int):
+    """A decode step's bf16 products at `rows` rows, as (x, weight (out, in)) pairs, and fp32 copies of them."""
+    gen = torch.Generator().manual_seed(0)
+    bf16, fp32 = [], []
     for out_features, in_features in _decode_shapes(12):
         w = torch.randn(out_features, in_features, generator=gen) * 0.02
         x = torch.randn(rows, in_features, generator=gen)
-        linear = nn.Linear(in_features, out_features, bias=False, device="meta")  # meta: no draw from the global RNG
-        linear.weight = nn.Parameter(w.bfloat16(), requires_grad=False)
         fp32.append((x, w))
-        packed.append((x.bfloat16(), PackedLinear(linear)))
+        bf16.append((x.bfloat16(), w.bfloat16()))
+    return bf16, fp32
+
+
+def _bf16_products(kernel: str, layers):
+    """A function running the products of layers (_bf16_layers' bf16 pairs) with a BF16_KERNELS kernel."""
+    if kernel == "native":
+        prepared = [(x, native.PreparedLinear(w)) for x, w in layers]
+        return lambda: [native.linear(x, p) for x, p in prepared]
+    if kernel == "packed":
+        packed = []
+        for x, w in layers:
+            linear = nn.Linear(w.size(1), w.size(0), bias=False, device="meta")  # meta: no draw from the global RNG
+            linear.weight = nn.Parameter(w, requires_grad=False)
+            packed.append((x, PackedLinear(linear)))
+        return lambda: [m(x) for x, m in packed]
+    return lambda: [F.linear(x, w) for x, w in layers]
+
+
+@functools.cache
+def bf16_decode_kernel(rows: int = 1) -> str:
+    """How a decode step's bf16 products run fastest here at `rows` rows, one of BF16_KERNELS: "native", gptcore's
+    C kernel (the engine then runs whole decode steps in C, native.DecodeStep); "packed", oneDNN's packed linear;
+    "plain", F.linear (where neither works). Timed once in alternation (device.fastest), each as the step it
+    implies: native's products (the rest of its step costs ~0.5 ms in C), packed's plus PyTorch's rest of the step
+    (_rest_of_step); "native" is the baseline, which the others must beat by the margin."""
+    works = [k for k, ok in [("native", native.works()), ("packed", packed_linear_works(torch.bfloat16))] if ok]
+    if len(works) < 2:
+        return (works or ["plain"])[0]
+    layers, _ = _bf16_layers(rows)
+    rest = _rest_of_step(rows, torch.bfloat16)
+    steps = {k: _bf16_products(k, layers) if k == "native" else _with_rest(_bf16_products(k, layers), rest)
+             for k in works}
     with torch.inference_mode():
-        return fastest({"fp32": (lambda: [F.linear(x, w) for x, w in fp32],),
-                        "bf16": (lambda: [m(x) for x, m in packed],)}, margin=0.8, rounds=3) == "bf16"
+        return fastest({k: (step,) for k, step in steps.items()}, margin=0.9, rounds=3)
+
+
+@functools.cache
+def bf16_decodes_faster(rows: int = 1) -> bool:
+    """Whether a decode step, at `rows` rows, runs clearly faster in bf16 (bf16_decode_kernel's way) than with fp32
+    weights through F.linear, timed once in alternation (device.fastest, about 1 s on a quiet machine): the
+    products, and for a PyTorch kernel the rest of the step (_rest_of_step).
+
+    bf16 halves the bytes to read, but a kernel must stream them well to gain: on an Intel Xeon with AMX (2 cores),
+    oneDNN's packed bf16 matrix-vector product ran no faster than MKL's fp32 one, while bf16 matrix products ran
+    ~2.6x faster (device.cpu_bf16_is_faster).
+    """
+    kernel = bf16_decode_kernel(rows)
+    if kernel == "plain":
+        return False
+    bf16, fp32 = _bf16_layers(rows)
+    steps = {"fp32": _with_rest(_bf16_products("plain", fp32), _rest_of_step(rows, torch.float32)),
+             "bf16": _bf16_products(kernel, bf16)}
+    if kernel != "native":
+        steps["bf16"] = _with_rest(steps["bf16"], _rest_of_step(rows, torch.bfloat16))
+    with torch.inference_mode():
+        return fastest({k: (step,) for k, step in steps.items()}, margin=0.8, rounds=3) == "bf16"
 
 
 @functools.cache
@@ -182,10 +259,10 @@ def int8_decode_kernel(device_type: str, dtype: torch.dtype) -> str:
 
     Measured because flags don't tell: on an Intel Xeon with AMX and AVX512-BF16 (2 cores), dynamic streams
     int8 weights ~1.9x faster than weight_only with bf16 activations, and weight_only with fp32 activations is
-    ~3.5x slower than fp32 F.linear; elsewhere weight_only was measured 5x slower than fp32. "native" is the
-    baseline the others must beat by the margin: where it is chosen, the rest of a decode step runs in C too,
-    ~0.2 ms instead of the 4-6 ms of PyTorch ops around GPT-2 124M's products (same Xeon), which the products
-    timed here leave out.
+    ~3.5x slower than fp32 F.linear; elsewhere weight_only was measured 5x slower than fp32. Each is timed as the
+    decode step it implies: where "native" is chosen the engine runs the whole step in C, so the PyTorch kernels
+    are timed with PyTorch's rest of the step (_rest_of_step). "native" is the baseline the others must beat by
+    the margin.
     """
     cpu = device_type == "cpu" and dtype in (torch.float32, torch.bfloat16)
     works = {"native": cpu and native.works(), "dynamic": cpu and dynamic_int8_works(),
@@ -201,12 +278,16 @@ def int8_decode_kernel(device_type: str, dtype: torch.dtype) -> str:
         prepared = {k: prepare_int8(k, w, scales) for k in works if k in PREPARED}
         layers.append((torch.randn(1, in_features, generator=gen).to(dtype), w, scales, prepared))
 
-    def products(kernel):
-        return [int8_linear(x, w, scales, packed=prepared.get(kernel), kernel=kernel)
-                for x, w, scales, prepared in layers]
+    rest = _rest_of_step(1, dtype)
+
+    def step(kernel):
+        for x, w, scales, prepared in layers:
+            int8_linear(x, w, scales, packed=prepared.get(kernel), kernel=kernel)
+        if kernel != "native":  # the rest of a native step runs in C, ~0.5 ms
+            rest()
 
     with torch.inference_mode():
-        return fastest({k: (products, k) for k in works}, margin=0.9, rounds=3)
+        return fastest({k: (step, k) for k in works}, margin=0.9, rounds=3)
 
 
 def prepare_int8(kernel: str, weight, scales, bias=None):
@@ -231,7 +312,7 @@ def int8_linear(x, weight, scales, bias=None, packed=None, kernel: str | None = 
     if kernel == "dynamic":
         return dynamic_int8_linear(x, packed)
     if kernel == "native":
-        return native.int8_linear(x, packed)
+        return native.linear(x, packed)
     if kernel == "weight_only":
         y = torch._weight_int8pack_mm(x.reshape(-1, x.size(-1)), weight, scales).view(*x.shape[:-1], -1)
     else:

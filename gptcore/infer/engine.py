@@ -156,7 +156,7 @@ class Generator:
         self.block_size = model.config.block_size
         self._model = model
         self._runner, self._version = None, None
-        self._native_step = None  # a native.Int8DecodeStep of self._runner, where int8 decodes in C
+        self._native_step = None  # a native.DecodeStep of self._runner, where decode steps run in C
         self._caches = []  # caches no run is using; a run takes one and gives it back
 
     def _has_bf16_kernel(self, quantize) -> bool:
@@ -172,7 +172,7 @@ class Generator:
             return True
         if quantize == "int8":  # "converted" would convert the whole weight for every decode step
             return cpu_kernels.int8_decode_kernel("cpu", torch.bfloat16) != "converted"
-        return cpu_kernels.packed_bf16_decodes_faster(self.rows)
+        return cpu_kernels.bf16_decodes_faster(self.rows)
 
     @property
     def model(self):
@@ -181,10 +181,15 @@ class Generator:
     # ---- weights ----
 
     def _inference_model(self):
-        """The module the steps run: the model itself when it needs no conversion, else a copy kept up to date."""
+        """The module the steps run: the model itself when it needs no conversion, else a copy kept up to date:
+        converted to the engine's dtype, then quantized (int8), or for bf16 on a CPU, whichever
+        cpu_kernels.bf16_decode_kernel measured fastest: a decode step in C, or oneDNN's packed linears."""
         model = self.model
-        pack = self.device.type == "cpu" and cpu_kernels.packed_linear_works(self.dtype)
-        if not self.quantize and not pack and all(p.dtype == self.dtype for p in model.parameters()):
+        bf16_kernel = None
+        if self.device.type == "cpu" and self.dtype == torch.bfloat16 and not self.quantize:
+            bf16_kernel = cpu_kernels.bf16_decode_kernel(self.rows)
+        if not self.quantize and bf16_kernel in (None, "plain") and all(p.dtype == self.dtype
+                                                                        for p in model.parameters()):
             return model
         version = weights_version(model)
         if self._runner is None or version != self._version:
@@ -195,20 +200,22 @@ class Generator:
             runner = copy.deepcopy(model, memo).eval()
             if self.quantize == "int8":
                 quantize_int8(runner)
-                self._native_step = self._int8_decode_step(runner)
-            elif pack:
+                if self.device.type == "cpu" and cpu_kernels.int8_decode_kernel("cpu", self.dtype) == "native":
+                    self._native_step = self._decode_step(runner)
+            elif bf16_kernel == "native":
+                self._native_step = self._decode_step(runner)
+            if bf16_kernel == "packed" or (bf16_kernel == "native" and self._native_step is None):
                 cpu_kernels.pack_linears(runner)
             self._runner, self._version = runner, version
         return self._runner
 
-    def _int8_decode_step(self, runner):
-        """A native.Int8DecodeStep of the int8 copy where this CPU's int8 kernel for decoding is "native" and the
-        model is a GPT-2 (OpenAI's module names), else None: its decode steps then run in PyTorch."""
-        if self.device.type != "cpu" or cpu_kernels.int8_decode_kernel("cpu", self.dtype) != "native":
-            return None
+    @staticmethod
+    def _decode_step(runner):
+        """A native.DecodeStep of the inference copy, or None where the model is not a GPT-2 (OpenAI's module
+        names): its decode steps then run in PyTorch."""
         try:
-            return native.Int8DecodeStep(runner)
-        except AttributeError:  # another model's layout
+            return native.DecodeStep(runner)
+        except (AttributeError, ValueError):  # another model's layout or weights
             return None
 
     def _forward(self, model, rows: list["_Row"], inputs: list[list[int]], cache: KVCache):

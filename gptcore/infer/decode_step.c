@@ -1,67 +1,95 @@
-/* A GPT-2 decode step with int8 weights, in C: one call runs every layer for B rows of one new token each.
+/* A GPT-2 decode step in C: one call runs every layer for B rows of one new token each, with int8 or bfloat16
+weights.
 
 Why C: at batch 1 a decode step reads every weight once, and its ~50 matrix products already run near this
-machine's memory speed in PyTorch (FBGEMM). What PyTorch adds is the rest: ~15 small ops per layer, each a
-dispatch and a fork-join of the thread pool, 4-6 ms a step on GPT-2 124M (2 cores): as long as the products.
+machine's memory speed in PyTorch (FBGEMM for int8). What PyTorch adds is the rest: ~15 small ops per layer, each
+a dispatch and a fork-join of the thread pool, 4-6 ms a step on GPT-2 124M (2 cores): as long as the products.
 Here the rest is a few loops over 768 numbers, and the whole step is one call from Python.
 
-The math is the model's (gptcore/model.py), in float32: pre-LayerNorm blocks, causal self-attention over the
-row's cached keys, a tanh-approximated GELU, and the int8 head. Each product quantizes its input row to 8 bits
-(one scale per row, max |x| / 127) and multiplies in integers with 32-bit sums, as CTranslate2 and FBGEMM do:
-    y[j] = sx * scale[j] * sum_i xq[i] * w[j, i] + bias[j]
-x86's VNNI instruction multiplies unsigned by signed bytes, so xq + 128 goes in, and 128 * sum_i w[j, i] (rowsum,
-computed once per weight) comes back out.
+The math is the model's (gptcore/model.py), in float32 between the products: pre-LayerNorm blocks, causal
+self-attention over the row's cached keys, a tanh-approximated GELU, and the head. A product's inputs are rounded
+to its weight's precision:
+  int8 weights: each input row is quantized to 8 bits (its own scale, max |x| / 127) and multiplied in integers
+    with 32-bit sums, as CTranslate2 and FBGEMM do: y[j] = sx * scale[j] * sum_i xq[i] * w[j, i] + bias[j].
+    x86's VNNI instruction multiplies unsigned by signed bytes, so xq + 128 goes in, and 128 * sum_i w[j, i]
+    (rowsum, computed once per weight) comes back out.
+  bfloat16 weights: inputs rounded to bfloat16, products summed in float32 (AVX512-BF16's dot product where the
+    CPU has it), as PyTorch's bf16 linear does.
 
-Built and loaded by gptcore/infer/native.py, which checks it against the PyTorch path before using it. */
+Built and loaded by gptcore/infer/native.py, which checks it against float64 before using it. */
 
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <omp.h>
-#ifdef __AVX512VNNI__
+#if defined(__AVX512VNNI__) || defined(__AVX512BF16__)
 #include <immintrin.h>
 #endif
 
 typedef struct {
-    const int8_t *w;        /* (n_out, n_in), row-major */
-    const int32_t *rowsum;  /* (n_out,): sum_i w[j, i] */
-    const float *scale;     /* (n_out,): w[j, :] ~ w_int8[j, :] * scale[j] */
+    const void *w;          /* (n_out, n_in), row-major: int8, or bfloat16 (bf16 != 0) */
+    const int32_t *rowsum;  /* int8: (n_out,), sum_i w[j, i] */
+    const float *scale;     /* int8: (n_out,), w[j, :] ~ w_int8[j, :] * scale[j] */
     const float *bias;      /* (n_out,) or NULL */
-    int64_t n_out, n_in;
-} QLinear;
+    int64_t n_out, n_in, bf16;
+} Linear;
 
 typedef struct {
     const float *ln_1_w, *ln_1_b, *ln_2_w, *ln_2_b;  /* the biases may be NULL */
-    QLinear c_attn, attn_proj, c_fc, mlp_proj;
+    Linear c_attn, attn_proj, c_fc, mlp_proj;
 } Layer;
 
 typedef struct {
     int64_t n_layer, n_head, n_embd;
     const Layer *layers;
     const float *ln_f_w, *ln_f_b;
-    QLinear lm_head;
+    Linear lm_head;
 } Model;
 
-/* ---- int8 products ---- */
+/* bf16 is float32's upper half; stores round to nearest even, as PyTorch's conversion does */
+static inline float from_bf16(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
 
-/* x (B, K) -> xq (B, K) as unsigned bytes (round(x / s) + 128) and s (B,) */
-static void quantize_rows(int64_t B, int64_t K, const float *x, uint8_t *xq, float *s) {
+static inline uint16_t to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+}
+
+/* ---- products ---- */
+
+/* the inputs of a product, rounded to its weight's precision: x (B, K) -> int8: xq (B, K) as unsigned bytes
+   (round(x / s) + 128) and s (B,); bf16: xq (B, K) as bfloat16 */
+static void prepare_inputs(const Linear *L, int64_t B, const float *x, void *xq, float *s) {
+    const int64_t K = L->n_in;
     for (int64_t b = 0; b < B; b++) {
         const float *xb = x + b * K;
+        if (L->bf16) {
+            for (int64_t i = 0; i < K; i++) ((uint16_t *)xq)[b * K + i] = to_bf16(xb[i]);
+            continue;
+        }
         float m = 0.f;
         for (int64_t i = 0; i < K; i++) m = fmaxf(m, fabsf(xb[i]));
         s[b] = m > 0.f ? m / 127.f : 1.f;
         float inv = 1.f / s[b];
-        for (int64_t i = 0; i < K; i++) xq[b * K + i] = (uint8_t)((int32_t)rintf(xb[i] * inv) + 128);
+        for (int64_t i = 0; i < K; i++) ((uint8_t *)xq)[b * K + i] = (uint8_t)((int32_t)rintf(xb[i] * inv) + 128);
     }
 }
 
-/* dots[r][b] = the integer dots of weight rows w[r * K ...] (r < 4) with quantized input rows xq[b * K ...]
-   (b < NB). NB is a constant where this is inlined, so the 4 x NB sums stay in registers: each 64 bytes of weight
-   are loaded once for all input rows, and four weight rows stream at once. */
-static inline __attribute__((always_inline)) void dot_4_rows(int NB, const int8_t *w, const uint8_t *xq, int64_t K,
-                                                             int32_t dots[4][4]) {
+/* The products of 4 weight rows (from row j) with NB input rows (from row b0): out[r][b], without the bias. NB is
+   a constant where this is inlined, so the 4 x NB sums stay in registers: each 64 bytes of weight are loaded once
+   for all input rows, and four weight rows stream at once. Whole 64 bytes go through plain loads, a last, partial
+   64 through masked ones (zeros past K add nothing). */
+static inline __attribute__((always_inline)) void block_int8(int NB, const Linear *L, int64_t j, const uint8_t *xq,
+                                                             const float *sx, float out[4][4]) {
+    const int64_t K = L->n_in;
+    const int8_t *w = (const int8_t *)L->w + j * K;
+    int32_t dots[4][4];
 #ifdef __AVX512VNNI__
     __m512i acc[4][4];
     #pragma GCC unroll 4
@@ -69,7 +97,6 @@ static inline __attribute__((always_inline)) void dot_4_rows(int NB, const int8_
         #pragma GCC unroll 4
         for (int b = 0; b < NB; b++) acc[r][b] = _mm512_setzero_si512();
     for (int64_t i = 0; i < K; i += 64) {
-        /* whole 64s with plain loads; a last, partial 64 with a mask (zeros past K add nothing) */
         __mmask64 m = K - i >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (K - i)) - 1);
         __m512i x[4];
         if (K - i >= 64) {
@@ -104,43 +131,107 @@ static inline __attribute__((always_inline)) void dot_4_rows(int NB, const int8_
             dots[r][b] = sum;
         }
 #endif
+    for (int r = 0; r < 4; r++)
+        for (int b = 0; b < NB; b++)
+            out[r][b] = sx[b] * L->scale[j + r] * (float)(dots[r][b] - 128 * L->rowsum[j + r]);
 }
 
-static int32_t dot_plain(const int8_t *w, const uint8_t *x, int64_t K) {
+/* block_int8's bfloat16 twin: 32 weights per 64 bytes */
+static inline __attribute__((always_inline)) void block_bf16(int NB, const Linear *L, int64_t j, const uint16_t *xq,
+                                                             float out[4][4]) {
+    const int64_t K = L->n_in;
+    const uint16_t *w = (const uint16_t *)L->w + j * K;
+#ifdef __AVX512BF16__
+    __m512 acc[4][4];
+    #pragma GCC unroll 4
+    for (int r = 0; r < 4; r++)
+        #pragma GCC unroll 4
+        for (int b = 0; b < NB; b++) acc[r][b] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < K; i += 32) {
+        __mmask32 m = K - i >= 32 ? ~(__mmask32)0 : (((__mmask32)1 << (K - i)) - 1);
+        __m512bh x[4];
+        if (K - i >= 32) {
+            #pragma GCC unroll 4
+            for (int b = 0; b < NB; b++) x[b] = (__m512bh)_mm512_loadu_si512(xq + b * K + i);
+            #pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) {
+                __m512bh wv = (__m512bh)_mm512_loadu_si512(w + r * K + i);
+                #pragma GCC unroll 4
+                for (int b = 0; b < NB; b++) acc[r][b] = _mm512_dpbf16_ps(acc[r][b], x[b], wv);
+            }
+        } else {
+            #pragma GCC unroll 4
+            for (int b = 0; b < NB; b++) x[b] = (__m512bh)_mm512_maskz_loadu_epi16(m, xq + b * K + i);
+            #pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) {
+                __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(m, w + r * K + i);
+                #pragma GCC unroll 4
+                for (int b = 0; b < NB; b++) acc[r][b] = _mm512_dpbf16_ps(acc[r][b], x[b], wv);
+            }
+        }
+    }
+    #pragma GCC unroll 4
+    for (int r = 0; r < 4; r++)
+        #pragma GCC unroll 4
+        for (int b = 0; b < NB; b++) out[r][b] = _mm512_reduce_add_ps(acc[r][b]);
+#else
+    for (int r = 0; r < 4; r++)
+        for (int b = 0; b < NB; b++) {
+            float sum = 0.f;
+            for (int64_t i = 0; i < K; i++) sum += from_bf16(xq[b * K + i]) * from_bf16(w[r * K + i]);
+            out[r][b] = sum;
+        }
+#endif
+}
+
+/* one output, for the last 1-3 rows of a weight whose row count is not a multiple of 4 */
+static float dot_one(const Linear *L, int64_t j, const void *xq, const float *sx, int64_t b) {
+    const int64_t K = L->n_in;
+    if (L->bf16) {
+        const uint16_t *w = (const uint16_t *)L->w + j * K, *x = (const uint16_t *)xq + b * K;
+        float sum = 0.f;
+        for (int64_t i = 0; i < K; i++) sum += from_bf16(x[i]) * from_bf16(w[i]);
+        return sum;
+    }
+    const int8_t *w = (const int8_t *)L->w + j * K;
+    const uint8_t *x = (const uint8_t *)xq + b * K;
     int32_t sum = 0;
     for (int64_t i = 0; i < K; i++) sum += (int32_t)x[i] * (int32_t)w[i];
-    return sum;
+    return sx[b] * L->scale[j] * (float)(sum - 128 * L->rowsum[j]);
 }
 
-/* y (B, n_out) = x (B, n_in) @ W.T, through xq and sx (quantize_rows of x); threads split the output columns,
-   four at a time (GPT-2's are multiples of 4; any last 1-3 go through dot_plain) */
-static void qlinear(const QLinear *L, int64_t B, const uint8_t *xq, const float *sx, float *y) {
+#define BLOCK(NB) (L->bf16 ? block_bf16(NB, L, j, (const uint16_t *)xq + b0 * K, out) \
+                           : block_int8(NB, L, j, (const uint8_t *)xq + b0 * K, sx + b0, out))
+
+/* y (B, n_out) = x (B, n_in) @ W.T + bias, through xq and sx (prepare_inputs of x); threads split the output
+   columns, four at a time (GPT-2's counts are multiples of 4; any last 1-3 go through dot_one) */
+static void products(const Linear *L, int64_t B, const void *xq, const float *sx, float *y) {
     const int64_t K = L->n_in, N = L->n_out;
     #pragma omp parallel for schedule(static)
     for (int64_t j = 0; j < N; j += 4) {
         for (int64_t b0 = 0; b0 < B; b0 += 4) {
-            int32_t dots[4][4];
-            const uint8_t *x = xq + b0 * K;
-            const int8_t *w = L->w + j * K;
+            float out[4][4];
             int64_t nb = B - b0 >= 4 ? 4 : B - b0;
             if (N - j < 4) {
                 for (int64_t r = 0; r < N - j; r++)
-                    for (int64_t b = 0; b < nb; b++) dots[r][b] = dot_plain(w + r * K, x + b * K, K);
+                    for (int64_t b = 0; b < nb; b++) out[r][b] = dot_one(L, j + r, xq, sx, b0 + b);
             } else {
                 switch (nb) {  /* one unrolled body per row count */
-                    case 1: dot_4_rows(1, w, x, K, dots); break;
-                    case 2: dot_4_rows(2, w, x, K, dots); break;
-                    case 3: dot_4_rows(3, w, x, K, dots); break;
-                    default: dot_4_rows(4, w, x, K, dots); break;
+                    case 1: BLOCK(1); break;
+                    case 2: BLOCK(2); break;
+                    case 3: BLOCK(3); break;
+                    default: BLOCK(4); break;
                 }
             }
             for (int64_t r = 0; r < 4 && j + r < N; r++)
-                for (int64_t b = 0; b < nb; b++) {
-                    float dot = (float)(dots[r][b] - 128 * L->rowsum[j + r]);
-                    y[(b0 + b) * N + j + r] = sx[b0 + b] * L->scale[j + r] * dot + (L->bias ? L->bias[j + r] : 0.f);
-                }
+                for (int64_t b = 0; b < nb; b++) y[(b0 + b) * N + j + r] = out[r][b] + (L->bias ? L->bias[j + r] : 0.f);
         }
     }
+}
+
+static void linear(const Linear *L, int64_t B, const float *x, float *y, void *xq, float *sx) {
+    prepare_inputs(L, B, x, xq, sx);
+    products(L, B, xq, sx, y);
 }
 
 /* ---- the rest of a block ---- */
@@ -170,20 +261,6 @@ static inline float exp_approx(float x) {
     float two_n;
     memcpy(&two_n, &bits, 4);
     return p * two_n;
-}
-
-/* bf16 is float32's upper half; stores round to nearest even, as PyTorch's conversion does */
-static inline float from_bf16(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline uint16_t to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
 }
 
 /* a cached key or value (n floats at element i of a float32 or bfloat16 cache) -> out, as float32 */
@@ -269,11 +346,11 @@ static void gelu(int64_t n, float *x) {  /* nn.GELU(approximate="tanh") */
 /* x (B, C): the new tokens' embeddings (wte + wpe), overwritten; logits (B, lm_head.n_out).
    k_cache, v_cache: (n_layer, batch_size, max_len, C), float32 or (cache_bf16) bfloat16.
    Returns 0, or 1 when out of memory. */
-int int8_decode_step(const Model *m, int64_t B, float *x, void *k_cache, void *v_cache, int cache_bf16,
-                     int64_t batch_size, int64_t max_len, const int64_t *rows, const int64_t *pos, float *logits) {
+int decode_step(const Model *m, int64_t B, float *x, void *k_cache, void *v_cache, int cache_bf16,
+                int64_t batch_size, int64_t max_len, const int64_t *rows, const int64_t *pos, float *logits) {
     const int64_t C = m->n_embd, H = 4 * C, esize = cache_bf16 ? 2 : 4;
-    float *h = malloc(sizeof(float) * B * (C + 3 * C + H + m->n_head * max_len) + sizeof(float) * B);
-    uint8_t *xq = malloc(B * H);
+    float *h = malloc(sizeof(float) * B * (C + 3 * C + H + m->n_head * max_len + 1));
+    void *xq = malloc(2 * B * H);  /* a product's inputs in its weight's type: bf16 needs 2 bytes each */
     if (!h || !xq) { free(h); free(xq); return 1; }
     float *qkv = h + B * C, *fc = qkv + B * 3 * C, *scores = fc + B * H, *sx = scores + B * m->n_head * max_len;
     for (int64_t l = 0; l < m->n_layer; l++) {
@@ -281,38 +358,32 @@ int int8_decode_step(const Model *m, int64_t B, float *x, void *k_cache, void *v
         int64_t offset = l * batch_size * max_len * C * esize;
         /* x = x + attn(ln_1(x)) */
         layer_norm(B, C, x, L->ln_1_w, L->ln_1_b, h);
-        quantize_rows(B, C, h, xq, sx);
-        qlinear(&L->c_attn, B, xq, sx, qkv);
+        linear(&L->c_attn, B, h, qkv, xq, sx);
         attention(B, C, m->n_head, qkv, (char *)k_cache + offset, (char *)v_cache + offset, cache_bf16, max_len,
                   rows, pos, scores, h);
-        quantize_rows(B, C, h, xq, sx);
-        qlinear(&L->attn_proj, B, xq, sx, fc);
+        linear(&L->attn_proj, B, h, fc, xq, sx);
         for (int64_t i = 0; i < B * C; i++) x[i] += fc[i];
         /* x = x + mlp(ln_2(x)) */
         layer_norm(B, C, x, L->ln_2_w, L->ln_2_b, h);
-        quantize_rows(B, C, h, xq, sx);
-        qlinear(&L->c_fc, B, xq, sx, fc);
+        linear(&L->c_fc, B, h, fc, xq, sx);
         gelu(B * H, fc);
-        quantize_rows(B, H, fc, xq, sx);
-        qlinear(&L->mlp_proj, B, xq, sx, h);
+        linear(&L->mlp_proj, B, fc, h, xq, sx);
         for (int64_t i = 0; i < B * C; i++) x[i] += h[i];
     }
     layer_norm(B, C, x, m->ln_f_w, m->ln_f_b, h);
-    quantize_rows(B, C, h, xq, sx);
-    qlinear(&m->lm_head, B, xq, sx, logits);
+    linear(&m->lm_head, B, h, logits, xq, sx);
     free(h);
     free(xq);
     return 0;
 }
 
-/* One product on its own, for PyTorch's few-row products outside a decode step: y (B, n_out) = x (B, n_in) @ W.T.
-   Returns 0, or 1 when out of memory. */
-int int8_linear(const QLinear *L, int64_t B, const float *x, float *y) {
-    uint8_t *xq = malloc(B * L->n_in);
+/* One product on its own, for PyTorch's few-row products outside a decode step: y (B, n_out) = x (B, n_in) @ W.T
+   + bias. Returns 0, or 1 when out of memory. */
+int linear_rows(const Linear *L, int64_t B, const float *x, float *y) {
+    void *xq = malloc(2 * B * L->n_in);
     float *sx = malloc(sizeof(float) * B);
     if (!xq || !sx) { free(xq); free(sx); return 1; }
-    quantize_rows(B, L->n_in, x, xq, sx);
-    qlinear(L, B, xq, sx, y);
+    linear(L, B, x, y, xq, sx);
     free(xq);
     free(sx);
     return 0;
