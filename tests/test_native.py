@@ -2,6 +2,7 @@
 against the same model, int8 or bf16, run by PyTorch."""
 
 import os
+import platform
 
 import pytest
 import torch
@@ -38,11 +39,26 @@ def test_a_fresh_build_is_kept_under_gptcore_cache(tmp_path, monkeypatch):
     assert len(built) == 1 and built[0].suffix == ".so"  # renamed into place, nothing partial left
 
 
+@pytest.fixture(params=["-march=native", "-march=x86-64-v2"])
+def build(request, monkeypatch, tmp_path_factory):
+    """Runs a test on the library built for this CPU (VNNI and AVX512-BF16 where it has them), and again built for
+    x86-64 without AVX-512, whose plain C loops then run instead."""
+    if request.param != "-march=native" and platform.machine() != "x86_64":
+        pytest.skip("the plain build is x86-64's")
+    monkeypatch.setattr(native, "FLAGS", [request.param if f == "-march=native" else f for f in native.FLAGS])
+    monkeypatch.setenv("GPTCORE_CACHE", str(tmp_path_factory.getbasetemp() / "native"))  # built once per session
+    lib = native.library.__wrapped__()
+    assert lib is not None
+    monkeypatch.setattr(native, "library", lambda: lib)
+    assert native.works.__wrapped__()
+    return request.param
+
+
 @needs_native
 @pytest.mark.parametrize("weights, dtype", [("int8", torch.float32), ("int8", torch.bfloat16),
                                             ("bf16", torch.bfloat16)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_decode_step_matches_the_model_run_by_pytorch(monkeypatch, weights, dtype, bias):
+def test_decode_step_matches_the_model_run_by_pytorch(monkeypatch, build, weights, dtype, bias):
     """Rows at different positions, in cache rows out of order: the C step's logits and cached keys and values
     are those of the model's own forward with the same weights (int8 through the native products), its
     activations and cache in dtype."""
@@ -124,4 +140,5 @@ def test_bf16_decode_kernel_is_one_that_works_here(monkeypatch):
     monkeypatch.setattr(native, "works", lambda: False)
     monkeypatch.setattr(cpu_kernels, "packed_linear_works", lambda dtype: False)
     assert cpu_kernels.bf16_decode_kernel.__wrapped__(1) == "plain"
-    assert cpu_kernels.bf16_decodes_faster.__wrapped__(1) is False
+    monkeypatch.setattr(cpu_kernels, "bf16_decode_kernel", lambda rows=1: "plain")
+    assert cpu_kernels.bf16_decodes_faster.__wrapped__(1) is False  # plain bf16 repacks every weight: never
