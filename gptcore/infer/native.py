@@ -15,6 +15,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -59,25 +60,26 @@ def _cpu_flags() -> str:
 def library():
     """The built decode_step.c as a ctypes library, or None where it can't be built here (no compiler, no OpenMP,
     not Linux)."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None or not Path("/proc/cpuinfo").exists():
+    compiler = shlex.split(os.environ.get("CC", "")) or [shutil.which("cc") or shutil.which("gcc")]
+    if compiler[0] is None or not Path("/proc/cpuinfo").exists():
         return None
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), compiler, *FLAGS, _cpu_flags()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), *compiler, *FLAGS, _cpu_flags()]).encode()).hexdigest()[:16]
     path = Path(cache_root()) / "native" / f"decode_step-{key}.so"
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     try:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-            subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(partial), "-lm"], check=True,
+            subprocess.run([*compiler, *FLAGS, str(SOURCE), "-o", str(partial), "-lm"], check=True,
                            capture_output=True, timeout=300)
             os.replace(partial, path)
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError):
+        partial.unlink(missing_ok=True)
         return None
     lib.linear_rows.argtypes = [ctypes.POINTER(_Linear), ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
     lib.decode_step.argtypes = [ctypes.POINTER(_Model), ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
-                                     ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
-                                     ctypes.c_void_p, ctypes.c_void_p]
+                                ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                                ctypes.c_void_p, ctypes.c_void_p]
     return lib
 
 
