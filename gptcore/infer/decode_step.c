@@ -265,14 +265,42 @@ static inline float exp_approx(float x) {
     return p * two_n;
 }
 
-/* a cached key or value (n floats at element i of a float32 or bfloat16 cache) -> out, as float32 */
-static inline void load(const void *cache, int bf16, int64_t i, int64_t n, float *out) {
-    if (bf16) {
-        const uint16_t *p = (const uint16_t *)cache + i;
-        for (int64_t j = 0; j < n; j++) out[j] = from_bf16(p[j]);
-    } else {
-        memcpy(out, (const float *)cache + i, sizeof(float) * n);
+/* element i of a float32 or (BF16) bfloat16 cache, as float32 */
+static inline __attribute__((always_inline)) float cached(const void *cache, int64_t i, int BF16) {
+    return BF16 ? from_bf16(((const uint16_t *)cache)[i]) : ((const float *)cache)[i];
+}
+
+/* the attention of heads h0..h1-1 of one row: q (its query, from head h0) over positions 0..n-1 of k and v (from
+   element base), through the scores s (s[h * max_len + t]) -> out (from head h0). BF16 is a constant where this is
+   inlined, so the loops read the cache as it is stored, without a branch or a copy per element. A position's keys
+   of these heads are read together: one contiguous piece of the cache (reading a head's keys alone strides across
+   the cache, which defeats the CPU's prefetching). */
+static inline __attribute__((always_inline)) void attend(int BF16, const float *q, const void *k, const void *v,
+                                                        int64_t base, int64_t n, int64_t C, int64_t hs, int64_t h0,
+                                                        int64_t h1, int64_t max_len, float *s, float *out) {
+    const float scale = 1.f / sqrtf((float)hs);
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t h = h0; h < h1; h++) {
+            const float *qh = q + (h - h0) * hs;
+            const int64_t at = base + t * C + (h - h0) * hs;
+            float dot = 0.f;
+            for (int64_t i = 0; i < hs; i++) dot += qh[i] * cached(k, at + i, BF16);
+            s[h * max_len + t] = dot * scale;
+        }
+    for (int64_t h = h0; h < h1; h++) {  /* softmax over positions, in place */
+        float *sh = s + h * max_len, m = -INFINITY, total = 0.f;
+        for (int64_t t = 0; t < n; t++) m = sh[t] > m ? sh[t] : m;
+        for (int64_t t = 0; t < n; t++) total += (sh[t] = exp_approx(sh[t] - m));
+        for (int64_t t = 0; t < n; t++) sh[t] /= total;
     }
+    for (int64_t i = 0; i < (h1 - h0) * hs; i++) out[i] = 0.f;
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t h = h0; h < h1; h++) {
+            const float p = s[h * max_len + t];
+            const int64_t at = base + t * C + (h - h0) * hs;
+            float *oh = out + (h - h0) * hs;
+            for (int64_t i = 0; i < hs; i++) oh[i] += p * cached(v, at + i, BF16);
+        }
 }
 
 /* qkv (B, 3C) -> y (B, C): row b's key and value go to its cache row rows[b] at position pos[b], and its query
@@ -293,43 +321,19 @@ static void attention(int64_t B, int64_t C, int64_t n_head, const float *qkv, vo
             }
         }
     }
-    /* threads split the rows and, within a row, its heads into as many groups as there are threads: a thread
-       reads its heads' keys of one position together, one contiguous piece of the cache (reading a head's keys
-       alone strides across the cache, which defeats the CPU's prefetching) */
+    /* threads split the rows and, within a row, its heads into as many groups as there are threads */
     const int64_t groups = omp_get_max_threads() < n_head ? omp_get_max_threads() : n_head;
-    const float scale = 1.f / sqrtf((float)hs);
     #pragma omp parallel for collapse(2) schedule(dynamic, 1)
     for (int64_t b = 0; b < B; b++) {
         for (int64_t g = 0; g < groups; g++) {
-            const int64_t h0 = g * n_head / groups, h1 = (g + 1) * n_head / groups, width = (h1 - h0) * hs;
-            const int64_t n = pos[b] + 1, base = rows[b] * max_len * C + h0 * hs;
+            const int64_t h0 = g * n_head / groups, h1 = (g + 1) * n_head / groups;
+            const int64_t base = rows[b] * max_len * C + h0 * hs;
             const float *q = qkv + b * 3 * C + h0 * hs;
-            float *s = scores + b * n_head * max_len, *out = y + b * C + h0 * hs;  /* s[h * max_len + t] */
-            float row[width];  /* this group's part of one cached key or value, as float32 */
-            for (int64_t t = 0; t < n; t++) {
-                load(k, bf16, base + t * C, width, row);
-                for (int64_t h = h0; h < h1; h++) {
-                    const float *qh = q + (h - h0) * hs, *kh = row + (h - h0) * hs;
-                    float dot = 0.f;
-                    for (int64_t i = 0; i < hs; i++) dot += qh[i] * kh[i];
-                    s[h * max_len + t] = dot * scale;
-                }
-            }
-            for (int64_t h = h0; h < h1; h++) {  /* softmax over positions, in place */
-                float *sh = s + h * max_len, m = -INFINITY, total = 0.f;
-                for (int64_t t = 0; t < n; t++) m = fmaxf(m, sh[t]);
-                for (int64_t t = 0; t < n; t++) total += (sh[t] = exp_approx(sh[t] - m));
-                for (int64_t t = 0; t < n; t++) sh[t] /= total;
-            }
-            for (int64_t i = 0; i < width; i++) out[i] = 0.f;
-            for (int64_t t = 0; t < n; t++) {
-                load(v, bf16, base + t * C, width, row);
-                for (int64_t h = h0; h < h1; h++) {
-                    const float p = s[h * max_len + t], *vh = row + (h - h0) * hs;
-                    float *oh = out + (h - h0) * hs;
-                    for (int64_t i = 0; i < hs; i++) oh[i] += p * vh[i];
-                }
-            }
+            float *s = scores + b * n_head * max_len, *out = y + b * C + h0 * hs;
+            if (bf16)
+                attend(1, q, k, v, base, pos[b] + 1, C, hs, h0, h1, max_len, s, out);
+            else
+                attend(0, q, k, v, base, pos[b] + 1, C, hs, h0, h1, max_len, s, out);
         }
     }
 }

@@ -66,6 +66,7 @@ class Int8Linear(nn.Module):
         if self._prepared is None or self._prepared[0] != source:
             self._prepared = source, cpu_kernels.prepare_int8(kernel, self.weight, self.scales, self.bias)
         return kernel, self._prepared[1]
+
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)  # copies into the buffers in place: same data_ptr
         self._prepared = None
