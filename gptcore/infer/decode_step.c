@@ -83,8 +83,10 @@ static void prepare_inputs(const Linear *L, int64_t B, const float *x, void *xq,
 
 /* The products of 4 weight rows (from row j) with NB input rows (from row b0): out[r][b], without the bias. NB is
    a constant where this is inlined, so the 4 x NB sums stay in registers: each 64 bytes of weight are loaded once
-   for all input rows, and four weight rows stream at once. Whole 64 bytes go through plain loads, a last, partial
-   64 through masked ones (zeros past K add nothing). */
+   for all input rows, and four weight rows stream at once, while the next four are prefetched (the CPU's own
+   prefetching fell behind: in a C harness of a GPT-2 124M step's products, prefetching ran them 1.15-1.5x faster
+   at batch 1 and 1.4x at batch 8). Whole 64 bytes go through plain loads, a last, partial 64 through masked ones
+   (zeros past K add nothing; a prefetch past the weight's end is harmless). */
 static inline __attribute__((always_inline)) void block_int8(int NB, const Linear *L, int64_t j, const uint8_t *xq,
                                                              const float *sx, float out[4][4]) {
     const int64_t K = L->n_in;
@@ -104,6 +106,7 @@ static inline __attribute__((always_inline)) void block_int8(int NB, const Linea
             for (int b = 0; b < NB; b++) x[b] = _mm512_loadu_si512(xq + b * K + i);
             #pragma GCC unroll 4
             for (int r = 0; r < 4; r++) {
+                _mm_prefetch((const char *)(w + (4 + r) * K + i), _MM_HINT_T0);  /* the next 4 rows' bytes */
                 __m512i wv = _mm512_loadu_si512(w + r * K + i);
                 #pragma GCC unroll 4
                 for (int b = 0; b < NB; b++) acc[r][b] = _mm512_dpbusd_epi32(acc[r][b], x[b], wv);
@@ -155,6 +158,7 @@ static inline __attribute__((always_inline)) void block_bf16(int NB, const Linea
             for (int b = 0; b < NB; b++) x[b] = (__m512bh)_mm512_loadu_si512(xq + b * K + i);
             #pragma GCC unroll 4
             for (int r = 0; r < 4; r++) {
+                _mm_prefetch((const char *)(w + (4 + r) * K + i), _MM_HINT_T0);  /* the next 4 rows' bytes */
                 __m512bh wv = (__m512bh)_mm512_loadu_si512(w + r * K + i);
                 #pragma GCC unroll 4
                 for (int b = 0; b < NB; b++) acc[r][b] = _mm512_dpbf16_ps(acc[r][b], x[b], wv);
