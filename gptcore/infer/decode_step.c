@@ -259,7 +259,7 @@ static void layer_norm(int64_t B, int64_t C, const float *x, const float *w, con
    below 1e-7 in float64; float32 rounding dominates). x is clamped to [-87, 88], where float32 has normal
    results. */
 static inline float exp_approx(float x) {
-    x = fminf(fmaxf(x, -87.f), 88.f);
+    x = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);  /* fminf and fmaxf would be calls, which don't vectorize */
     float t = x * 1.4426950408889634f, n = rintf(t), f = (t - n) * 0.6931471805599453f;
     float p = 1.f + f * (1.f + f * (1.f / 2 + f * (1.f / 6 + f * (1.f / 24 + f * (1.f / 120 + f * (1.f / 720 +
               f * (1.f / 5040)))))));
