@@ -2,7 +2,8 @@
 
 Random weights (speed doesn't depend on their values), the same ones everywhere: CTranslate2 converts our own
 save_pretrained export. gptcore's bf16 and int8 engines decode through its C step (gptcore/infer/decode_step.c)
-where the kernel measurements choose it; the products-alone bounds then time the same C products, one call each. Greedy; prompt of 16 tokens and 128 new ones at batch 1 and batch 8 (aggregate tok/s);
+where the kernel measurements choose it; the products-alone bounds then time the same C products, one call each.
+Greedy; prompt of 16 tokens and 128 new ones at batch 1 and batch 8 (aggregate tok/s);
 time to first token for a 512-token prompt. Each round runs every method once, in turn, so a busy machine slows
 them alike; a method's speed-up is the median over rounds of its per-round ratio to transformers (each round's
 runs are seconds apart, so they share the machine's state), far steadier than a ratio of medians.

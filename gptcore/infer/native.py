@@ -63,8 +63,11 @@ def library():
     compiler = shlex.split(os.environ.get("CC", "")) or [shutil.which("cc") or shutil.which("gcc")]
     if compiler[0] is None or not Path("/proc/cpuinfo").exists():
         return None
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), *compiler, *FLAGS, _cpu_flags()]).encode()).hexdigest()[:16]
-    path = Path(cache_root()) / "native" / f"decode_step-{key}.so"
+    try:
+        key = hashlib.sha256("\n".join([SOURCE.read_text(), *compiler, *FLAGS, _cpu_flags()]).encode())
+    except OSError:  # an install without the source
+        return None
+    path = Path(cache_root()) / "native" / f"decode_step-{key.hexdigest()[:16]}.so"
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     try:
         if not path.exists():
